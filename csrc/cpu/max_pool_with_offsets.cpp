@@ -1,0 +1,109 @@
+// CPU kernels of max_pool_with_offsets and its backward: one task per output
+// element, parallel with at::parallel_for. The backward gathers, for each
+// input position, the gradients of the windows whose maximum sits there, so it
+// needs no atomics and adds in a fixed order.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+
+#include "common/dispatch.h"
+#include "common/poison.h"
+#include "ops/max_pool_with_offsets.h"
+#include "ops/max_pool_with_offsets_math.h"
+
+namespace fastops {
+namespace {
+
+// Elements per parallel task.
+constexpr int64_t kGrainSize = 16384;
+
+std::tuple<at::Tensor, at::Tensor> max_pool_with_offsets_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                             at::IntArrayRef stride, at::IntArrayRef padding,
+                                                             bool ceil_mode) {
+  const MaxPoolProblem p = prepare_max_pool_with_offsets(input, kernel_size, stride, padding, ceil_mode);
+  const PoolWindows& g = p.geometry;
+  const auto options = p.input.options().memory_format(p.memory_format);
+  at::Tensor values = at::empty(p.output_shape, options);
+  at::Tensor offsets = at::empty(p.output_shape, options.dtype(at::kChar));
+  poison_if_enabled(values);
+  poison_if_enabled(offsets);
+  if (values.numel() == 0) {
+    return {values, offsets};
+  }
+  const int64_t plane = g.plane_numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.input.scalar_type(), "max_pool_with_offsets", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_layout(p.channels_last, [&](auto channels_last_tag) {
+      constexpr bool kChannelsLast = decltype(channels_last_tag)::value;
+      const ElementDecomposer<kChannelsLast> out_coords(g.windows, p.channels);
+      const scalar_t* in = p.input.const_data_ptr<scalar_t>();
+      scalar_t* out_values = values.data_ptr<scalar_t>();
+      int8_t* out_offsets = offsets.data_ptr<int8_t>();
+      const int64_t stride_in_plane = out_coords.plane_stride();
+      at::parallel_for(0, values.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
+        int64_t w[kSpatialDims];
+        int64_t outer = 0;
+        int64_t channel = 0;
+        for (int64_t e = begin; e < end; ++e) {
+          out_coords.decompose64(e, w, outer, channel);
+          const scalar_t* plane_values = in + out_coords.plane_base(outer, channel, plane);
+          out_offsets[e] = window_max_offset<scalar_t, acc_t>(g, w, plane_values, stride_in_plane, out_values[e]);
+        }
+      });
+    });
+  });
+  return {values, offsets};
+}
+
+at::Tensor max_pool_with_offsets_backward_cpu(const at::Tensor& grad_output, const at::Tensor& offsets,
+                                              at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding) {
+  const MaxPoolBackwardProblem p =
+      prepare_max_pool_with_offsets_backward(grad_output, offsets, input_size, kernel_size, stride, padding);
+  const PoolWindows& g = p.geometry;
+  at::Tensor grad_input = at::empty(p.grad_input_shape, p.grad_output.options().memory_format(p.memory_format));
+  poison_if_enabled(grad_input);
+  if (grad_input.numel() == 0) {
+    return grad_input;
+  }
+  const int64_t windows = g.window_count();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, p.grad_output.scalar_type(), "_max_pool_with_offsets_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        dispatch_layout(p.channels_last, [&](auto channels_last_tag) {
+          constexpr bool kChannelsLast = decltype(channels_last_tag)::value;
+          const ElementDecomposer<kChannelsLast> in_coords(g.plane, p.channels);
+          const scalar_t* grad_out = p.grad_output.const_data_ptr<scalar_t>();
+          const int8_t* offs = p.offsets.const_data_ptr<int8_t>();
+          scalar_t* grad_in = grad_input.data_ptr<scalar_t>();
+          const int64_t stride_in_plane = in_coords.plane_stride();
+          at::parallel_for(0, grad_input.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
+            int64_t pos[kSpatialDims];
+            int64_t outer = 0;
+            int64_t channel = 0;
+            for (int64_t e = begin; e < end; ++e) {
+              in_coords.decompose64(e, pos, outer, channel);
+              const int64_t base = in_coords.plane_base(outer, channel, windows);
+              grad_in[e] = static_cast<scalar_t>(max_pool_input_grad<scalar_t, acc_t>(
+                  g, pos, g.plane_linear(pos), grad_out + base, offs + base, stride_in_plane));
+            }
+          });
+        });
+      });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("max_pool_with_offsets", &max_pool_with_offsets_cpu);
+  m.impl("_max_pool_with_offsets_backward", &max_pool_with_offsets_backward_cpu);
+}
+
+}  // namespace fastops

@@ -1,0 +1,7 @@
+"""fastops operators, functional form: drop-ins for ``torch.nn.functional`` and
+``torchvision.ops``. Arguments are checked here, with errors that name them,
+before any kernel runs; the backend is chosen by :mod:`fastops.backends`."""
+
+from fastops.ops.unpooling import max_pool2d_with_offsets, max_unpool1d, max_unpool2d, max_unpool3d
+
+__all__ = ["max_pool2d_with_offsets", "max_unpool1d", "max_unpool2d", "max_unpool3d"]
