@@ -1,7 +1,11 @@
-// CPU kernels of max_pool_with_offsets and its backward: one task per output
-// element, parallel with at::parallel_for. The backward gathers, for each
-// input position, the gradients of the windows whose maximum sits there, so it
-// needs no atomics and adds in a fixed order.
+// CPU kernels of max_pool_with_offsets and its backward.
+//
+// Forward: one task per row of windows of a plane, each window scanned by the
+// shared window_max_offset. Backward: with disjoint windows each input
+// position receives at most one window's gradient, so it is max_unpool of the
+// gradient at the offsets; with overlapping windows each input position
+// gathers the gradients of the windows whose maximum sits there, in a fixed
+// order and without atomics.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -9,11 +13,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <tuple>
 
 #include "common/dispatch.h"
 #include "common/poison.h"
+#include "cpu/kernels.h"
 #include "ops/max_pool_with_offsets.h"
 #include "ops/max_pool_with_offsets_math.h"
 
@@ -37,25 +43,30 @@ std::tuple<at::Tensor, at::Tensor> max_pool_with_offsets_cpu(const at::Tensor& i
     return {values, offsets};
   }
   const int64_t plane = g.plane_numel();
+  const int64_t windows = g.window_count();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.input.scalar_type(), "max_pool_with_offsets", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_layout(p.channels_last, [&](auto channels_last_tag) {
-      constexpr bool kChannelsLast = decltype(channels_last_tag)::value;
-      const ElementDecomposer<kChannelsLast> out_coords(g.windows, p.channels);
-      const scalar_t* in = p.input.const_data_ptr<scalar_t>();
-      scalar_t* out_values = values.data_ptr<scalar_t>();
-      int8_t* out_offsets = offsets.data_ptr<int8_t>();
-      const int64_t stride_in_plane = out_coords.plane_stride();
-      at::parallel_for(0, values.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
-        int64_t w[kSpatialDims];
-        int64_t outer = 0;
-        int64_t channel = 0;
-        for (int64_t e = begin; e < end; ++e) {
-          out_coords.decompose64(e, w, outer, channel);
-          const scalar_t* plane_values = in + out_coords.plane_base(outer, channel, plane);
-          out_offsets[e] = window_max_offset<scalar_t, acc_t>(g, w, plane_values, stride_in_plane, out_values[e]);
+    const int64_t channels = p.channels_last ? p.channels : 1;
+    const int64_t outer_count = p.channels_last ? p.batch : p.batch * p.channels;
+    const scalar_t* in = p.input.const_data_ptr<scalar_t>();
+    scalar_t* out_values = values.data_ptr<scalar_t>();
+    int8_t* out_offsets = offsets.data_ptr<int8_t>();
+    const int64_t window_rows = g.windows[0] * g.windows[1];
+    const int64_t grain = std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, g.windows[2] * channels * g.window_volume()));
+    at::parallel_for(0, outer_count * window_rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t outer = task / window_rows;
+        const int64_t row = task % window_rows;
+        int64_t w[kSpatialDims] = {row / g.windows[1], row % g.windows[1], 0};
+        const scalar_t* plane_values = in + outer * plane * channels;
+        const int64_t first = (outer * windows + row * g.windows[2]) * channels;
+        for (w[2] = 0; w[2] < g.windows[2]; ++w[2]) {
+          for (int64_t c = 0; c < channels; ++c) {
+            const int64_t e = first + w[2] * channels + c;
+            out_offsets[e] = window_max_offset<scalar_t, acc_t>(g, w, plane_values + c, channels, out_values[e]);
+          }
         }
-      });
+      }
     });
   });
   return {values, offsets};
@@ -67,6 +78,9 @@ at::Tensor max_pool_with_offsets_backward_cpu(const at::Tensor& grad_output, con
   const MaxPoolBackwardProblem p =
       prepare_max_pool_with_offsets_backward(grad_output, offsets, input_size, kernel_size, stride, padding);
   const PoolWindows& g = p.geometry;
+  if (windows_disjoint(g)) {
+    return max_unpool_cpu(p.grad_output, p.offsets, input_size, kernel_size, stride, padding);
+  }
   at::Tensor grad_input = at::empty(p.grad_input_shape, p.grad_output.options().memory_format(p.memory_format));
   poison_if_enabled(grad_input);
   if (grad_input.numel() == 0) {

@@ -46,10 +46,8 @@ C10_HOST_DEVICE inline uint32_t classify_unpool_index(const PoolWindows& g, cons
   if (stored < 0 || stored >= g.plane_numel()) {
     return kUnpoolIndexOutOfRange;
   }
-  const int64_t pos2 = stored % g.plane[2];
-  const int64_t pos1 = (stored / g.plane[2]) % g.plane[1];
-  const int64_t pos0 = stored / (g.plane[2] * g.plane[1]);
-  const int64_t pos[kSpatialDims] = {pos0, pos1, pos2};
+  int64_t pos[kSpatialDims];
+  g.plane_coordinates(stored, pos);
   for (int d = 0; d < kSpatialDims; ++d) {
     const int64_t start = g.window_start(d, w[d]);
     if (pos[d] < start || pos[d] >= start + g.kernel[d]) {

@@ -40,11 +40,31 @@ struct PoolWindows {
   // init_divisors() after filling the sizes.
   FastDivmod stride_div[kSpatialDims];
   FastDivmod kernel_div[kSpatialDims];
+  FastDivmod plane_div[kSpatialDims];
+  bool plane_fits_int32 = false;  // plane_div is valid only then
 
   void init_divisors() {
+    plane_fits_int32 = plane_numel() > 0 && plane_numel() <= std::numeric_limits<int32_t>::max();
     for (int d = 0; d < kSpatialDims; ++d) {
       stride_div[d] = FastDivmod(static_cast<uint32_t>(stride[d]));
       kernel_div[d] = FastDivmod(static_cast<uint32_t>(kernel[d]));
+      plane_div[d] = FastDivmod(static_cast<uint32_t>(plane_fits_int32 ? plane[d] : 1));
+    }
+  }
+
+  // Coordinates of plane-linear position `linear` (0 <= linear < plane_numel()).
+  C10_HOST_DEVICE void plane_coordinates(int64_t linear, int64_t pos[kSpatialDims]) const {
+    if (plane_fits_int32) {
+      uint32_t rest = static_cast<uint32_t>(linear), p;
+      plane_div[2].divmod(rest, rest, p);
+      pos[2] = p;
+      plane_div[1].divmod(rest, rest, p);
+      pos[1] = p;
+      pos[0] = rest;
+    } else {
+      pos[2] = linear % plane[2];
+      pos[1] = (linear / plane[2]) % plane[1];
+      pos[0] = linear / (plane[2] * plane[1]);
     }
   }
 
@@ -101,6 +121,21 @@ C10_HOST_DEVICE inline bool every_window_meets_plane(const PoolWindows& g) {
     }
   }
   return true;
+}
+
+// With disjoint windows, the plane positions along d that window i owns: from
+// its start (0 for the first window) to the next window's start (the plane's
+// end for the last), so the windows' bands tile the plane; positions of a band
+// outside the window's span (gaps, trailing rows) hold zeros after unpooling.
+C10_HOST_DEVICE inline void disjoint_band(const PoolWindows& g, int d, int64_t i, int64_t& lo, int64_t& hi) {
+  const int64_t start = g.window_start(d, i);
+  lo = i == 0 ? 0 : (start > 0 ? start : 0);
+  if (i + 1 == g.windows[d]) {
+    hi = g.plane[d];
+  } else {
+    const int64_t next = g.window_start(d, i + 1);
+    hi = next < 0 ? 0 : (next < g.plane[d] ? next : g.plane[d]);
+  }
 }
 
 // The plane position a window designates to validate its stored index: its
