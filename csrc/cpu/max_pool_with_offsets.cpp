@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "common/dispatch.h"
+#include "common/huge_pages.h"
 #include "common/poison.h"
 #include "cpu/kernels.h"
 #include "ops/max_pool_with_offsets.h"
@@ -37,6 +38,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool_with_offsets_cpu(const at::Tensor& i
   const auto options = p.input.options().memory_format(p.memory_format);
   at::Tensor values = at::empty(p.output_shape, options);
   at::Tensor offsets = at::empty(p.output_shape, options.dtype(at::kChar));
+  advise_huge_pages(values);
+  advise_huge_pages(offsets);
   poison_if_enabled(values);
   poison_if_enabled(offsets);
   if (values.numel() == 0) {
@@ -82,6 +85,7 @@ at::Tensor max_pool_with_offsets_backward_cpu(const at::Tensor& grad_output, con
     return max_unpool_cpu(p.grad_output, p.offsets, input_size, kernel_size, stride, padding);
   }
   at::Tensor grad_input = at::empty(p.grad_input_shape, p.grad_output.options().memory_format(p.memory_format));
+  advise_huge_pages(grad_input);
   poison_if_enabled(grad_input);
   if (grad_input.numel() == 0) {
     return grad_input;

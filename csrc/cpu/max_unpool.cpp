@@ -23,6 +23,7 @@
 
 #include "common/cpu_multiversion.h"
 #include "common/dispatch.h"
+#include "common/huge_pages.h"
 #include "common/poison.h"
 #include "cpu/kernels.h"
 #include "ops/max_unpool.h"
@@ -136,15 +137,29 @@ FASTOPS_CPU_MULTIVERSION bool scatter_into_band(const PoolWindows& g, const Wind
                                                 const storage_t* __restrict__ values, int64_t channels) {
   storage_t discard;
   bool any_outside = false;
+  // Locals, not members: the stores below could alias `rows` as far as the compiler knows.
+  const int64_t band_begin = rows.band_begin;
+  const auto band_length = static_cast<uint64_t>(rows.band_length);
+  const int64_t* offset_shift = rows.offset_shift.data();
+  const auto offset_count = static_cast<uint64_t>(rows.offset_shift.size());
+  const int64_t origin = rows.origin;
+  const int64_t step = g.stride[2];
+  const int64_t interior_begin = rows.rows_inside ? rows.interior_begin : 0;
+  const int64_t interior_end = rows.rows_inside ? rows.interior_end : 0;
   const auto store = [&](int64_t j, int64_t c, int64_t k) {
     int64_t target;
     bool inside;
     if constexpr (kContiguousBand && !std::is_same_v<index_t, int8_t>) {
       target = stored[k];  // the band lies inside the plane: one comparison checks both
-      inside = static_cast<uint64_t>(target - rows.band_begin) < static_cast<uint64_t>(rows.band_length);
+      inside = static_cast<uint64_t>(target - band_begin) < band_length;
     } else if constexpr (kContiguousBand) {
-      target = rows.target(g, j, stored[k]);
-      inside = static_cast<uint64_t>(target - rows.band_begin) < static_cast<uint64_t>(rows.band_length);
+      const auto offset = static_cast<uint64_t>(static_cast<int64_t>(stored[k]));
+      if (j >= interior_begin && j < interior_end) {
+        target = offset < offset_count ? origin + j * step + offset_shift[offset] : -1;
+      } else {
+        target = rows.target(g, j, stored[k]);
+      }
+      inside = static_cast<uint64_t>(target - band_begin) < band_length;
     } else {
       target = rows.target(g, j, stored[k]);
       inside = target >= 0 && rows.in_band(g, target);
@@ -396,6 +411,7 @@ at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const MaxUnpoolBackwardProblem p = prepare_max_unpool_backward(grad_output, indices, kernel_size, stride, padding);
   const PoolWindows& g = p.geometry;
   at::Tensor grad_input = at::empty(p.indices.sizes(), p.grad_output.options().memory_format(p.memory_format));
+  advise_huge_pages(grad_input);
   poison_if_enabled(grad_input);
   if (grad_input.numel() == 0) {
     return grad_input;

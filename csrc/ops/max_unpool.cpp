@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/huge_pages.h"
 #include "common/poison.h"
 #include "ops/pooling_host.h"
 
@@ -72,6 +73,7 @@ MaxUnpoolProblem prepare_max_unpool(const at::Tensor& input, const at::Tensor& i
 
 at::Tensor new_max_unpool_output(const MaxUnpoolProblem& problem) {
   auto output = at::empty(problem.output_shape, problem.input.options().memory_format(problem.memory_format));
+  advise_huge_pages(output);
   poison_if_enabled(output);
   return output;
 }

@@ -28,7 +28,8 @@ MaxUnpoolProblem prepare_max_unpool(const at::Tensor& input, const at::Tensor& i
                                     at::IntArrayRef output_size, at::IntArrayRef kernel_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding);
 
-// The output tensor, in the input's layout (NaN-filled under FASTOPS_POISON_OUTPUTS).
+// The output tensor, in the input's layout: huge pages advised when on the CPU,
+// NaN-filled under FASTOPS_POISON_OUTPUTS.
 at::Tensor new_max_unpool_output(const MaxUnpoolProblem& problem);
 
 // Raises the error for an index that names no position of the output plane.
