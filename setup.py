@@ -104,6 +104,9 @@ if USE_CUDA:
     extra_compile_args["nvcc"] = [
         *(["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]),
         "--expt-relaxed-constexpr",
+        # torch's CUDAEvent.h trips GCC's -Winterference-size in every .cu file.
+        "-Xcompiler",
+        "-Wno-interference-size",
     ]
     extension_class = CUDAExtension
 else:

@@ -409,6 +409,25 @@ def test_torch_compile_fullgraph(device, backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
+def test_torch_compile_inductor_cpu():
+    """The default inductor backend around the ops (the ops stay opaque calls)."""
+    torch._dynamo.reset()
+    x = pooled_input((2, 3, 9, 10), torch.float32, "cpu").requires_grad_()
+
+    def stage(x):
+        values, offsets = max_pool2d_with_offsets(x * 2, 2, ceil_mode=True)
+        return max_unpool2d(values.relu(), offsets, 2, output_size=x.shape[-2:]).sum()
+
+    with fastops.use_backend("cpu"):
+        eager = stage(x)
+        (eager_grad,) = torch.autograd.grad(eager, x)
+        compiled = torch.compile(stage, fullgraph=True)(x)
+        (compiled_grad,) = torch.autograd.grad(compiled, x)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+
+
 def _sample_unpool_args(device, dtype, channels_last, index_kind):
     x = pooled_input((2, 3, 7, 8), dtype, device, channels_last)
     if index_kind == "offsets":
