@@ -286,6 +286,19 @@ def test_offset_pointing_outside_a_smaller_output_raises(device, backend):
             max_unpool2d(values, offsets, 2, 2, output_size=(7, 8))
 
 
+@pytest.mark.parametrize(("device", "backend"), BACKEND_CASES)
+def test_offset_past_the_right_edge_raises(device, backend):
+    """An offset into the missing 8th column of a ceil-mode window must not wrap
+    into the next row of the plane."""
+    x = torch.randn(1, 1, 7, 7, device=device)
+    with fastops.use_backend(backend):
+        values, offsets = max_pool2d_with_offsets(x, 2, 2, ceil_mode=True)
+        offsets = offsets.clone()
+        offsets[0, 0, 1, 3] = 1  # row 2, column 7 of a 7-wide plane
+        with pytest.raises(RuntimeError, match="indices"):
+            max_unpool2d(values, offsets, 2, 2, output_size=(7, 7))
+
+
 # --- gradients --------------------------------------------------------------------
 
 

@@ -70,9 +70,9 @@ struct WindowRowGeometry {
   int64_t band_length = 0;                     // positions in the band when contiguous, else 0
   int64_t origin = 0;                          // plane-linear position of window 0's origin
   int64_t plane_numel = 0;
-  bool rows_inside = true;                     // the windows' rows all lie inside the plane
   int64_t interior_begin = 0, interior_end = 0;  // windows whose columns all lie inside the plane
-  c10::SmallVector<int64_t, 128> offset_shift;  // int8 offset -> position from its window's origin
+  // int8 offset -> position from its window's origin; -1 for a row outside the plane.
+  c10::SmallVector<int64_t, 128> offset_shift;
 
   WindowRowGeometry(const PoolWindows& g, int64_t window_row)
       : w0(window_row / g.windows[1]), w1(window_row % g.windows[1]), plane_numel(g.plane_numel()) {
@@ -84,14 +84,15 @@ struct WindowRowGeometry {
     const int64_t start0 = g.window_start(0, w0);
     const int64_t start1 = g.window_start(1, w1);
     origin = (start0 * g.plane[1] + start1) * g.plane[2] - g.padding[2];
-    rows_inside = start0 >= 0 && start0 + g.kernel[0] <= g.plane[0] && start1 >= 0 && start1 + g.kernel[1] <= g.plane[1];
     interior_begin = std::min(g.windows[2], (g.padding[2] + g.stride[2] - 1) / g.stride[2]);
     interior_end = std::max(interior_begin,
                             std::min(g.windows[2], (g.plane[2] + g.padding[2] - g.kernel[2]) / g.stride[2] + 1));
     for (int64_t r0 = 0; r0 < g.kernel[0]; ++r0) {
       for (int64_t r1 = 0; r1 < g.kernel[1]; ++r1) {
+        const bool row_in_plane = start0 + r0 >= 0 && start0 + r0 < g.plane[0] && start1 + r1 >= 0 &&
+                                  start1 + r1 < g.plane[1];
         for (int64_t col = 0; col < g.kernel[2]; ++col) {
-          offset_shift.push_back((r0 * g.plane[1] + r1) * g.plane[2] + col);
+          offset_shift.push_back(row_in_plane ? (r0 * g.plane[1] + r1) * g.plane[2] + col : -1);
         }
       }
     }
@@ -102,10 +103,10 @@ struct WindowRowGeometry {
   template <typename index_t>
   int64_t target(const PoolWindows& g, int64_t j, index_t index) const {
     if constexpr (std::is_same_v<index_t, int8_t>) {
-      if (rows_inside && j >= interior_begin && j < interior_end) {
-        return static_cast<uint64_t>(index) < static_cast<uint64_t>(offset_shift.size())
-                   ? origin + j * g.stride[2] + offset_shift[index]
-                   : -1;
+      if (j >= interior_begin && j < interior_end) {
+        const bool valid = static_cast<uint64_t>(index) < static_cast<uint64_t>(offset_shift.size()) &&
+                           offset_shift[index] >= 0;
+        return valid ? origin + j * g.stride[2] + offset_shift[index] : -1;
       }
       const int64_t w[kSpatialDims] = {w0, w1, j};
       return offset_target(g, w, index);
@@ -144,21 +145,25 @@ FASTOPS_CPU_MULTIVERSION bool scatter_into_band(const PoolWindows& g, const Wind
   const auto offset_count = static_cast<uint64_t>(rows.offset_shift.size());
   const int64_t origin = rows.origin;
   const int64_t step = g.stride[2];
-  const int64_t interior_begin = rows.rows_inside ? rows.interior_begin : 0;
-  const int64_t interior_end = rows.rows_inside ? rows.interior_end : 0;
-  const auto store = [&](int64_t j, int64_t c, int64_t k) {
+  const int64_t interior_begin = rows.interior_begin;
+  const int64_t interior_end = rows.interior_end;
+  // kInterior: window j lies wholly inside the plane, so an offset maps
+  // through the table (the hot case, kept free of per-element branches).
+  const auto store = [&](int64_t j, int64_t c, int64_t k, auto interior_tag) {
+    constexpr bool kInterior = decltype(interior_tag)::value;
     int64_t target;
     bool inside;
     if constexpr (kContiguousBand && !std::is_same_v<index_t, int8_t>) {
       target = stored[k];  // the band lies inside the plane: one comparison checks both
       inside = static_cast<uint64_t>(target - band_begin) < band_length;
-    } else if constexpr (kContiguousBand) {
+    } else if constexpr (kContiguousBand && kInterior) {
       const auto offset = static_cast<uint64_t>(static_cast<int64_t>(stored[k]));
-      if (j >= interior_begin && j < interior_end) {
-        target = offset < offset_count ? origin + j * step + offset_shift[offset] : -1;
-      } else {
-        target = rows.target(g, j, stored[k]);
-      }
+      const int64_t shift = offset_shift[offset < offset_count ? offset : 0];
+      const bool valid = offset < offset_count && shift >= 0;
+      target = origin + j * step + shift;
+      inside = valid && static_cast<uint64_t>(target - band_begin) < band_length;
+    } else if constexpr (kContiguousBand) {
+      target = rows.target(g, j, stored[k]);
       inside = static_cast<uint64_t>(target - band_begin) < band_length;
     } else {
       target = rows.target(g, j, stored[k]);
@@ -168,17 +173,42 @@ FASTOPS_CPU_MULTIVERSION bool scatter_into_band(const PoolWindows& g, const Wind
     *destination = values[k];
     any_outside |= !inside;
   };
-  if (channels == 1) {
-    for (int64_t j = 0; j < g.windows[2]; ++j) {
-      store(j, 0, j);
-    }
-  } else {
-    for (int64_t j = 0; j < g.windows[2]; ++j) {
-      for (int64_t c = 0; c < channels; ++c) {
-        store(j, c, j * channels + c);
+  const auto run = [&](int64_t j_begin, int64_t j_end, auto interior_tag) {
+    if (channels == 1) {
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        store(j, 0, j, interior_tag);
+      }
+    } else {
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        for (int64_t c = 0; c < channels; ++c) {
+          store(j, c, j * channels + c, interior_tag);
+        }
       }
     }
+  };
+  run(0, interior_begin, std::false_type{});
+  if constexpr (kContiguousBand && std::is_same_v<index_t, int8_t>) {
+    if (channels == 1) {
+      // The hot loop of int8 offsets, written out: no lambda, all locals.
+      int64_t window_origin = origin + interior_begin * step;
+      bool outside = false;
+      for (int64_t j = interior_begin; j < interior_end; ++j, window_origin += step) {
+        const auto offset = static_cast<uint8_t>(stored[j]);
+        const int64_t shift = offset_shift[offset < offset_count ? offset : 0];
+        const bool valid = offset < offset_count && shift >= 0;
+        const int64_t target = window_origin + shift;
+        const bool inside = valid && static_cast<uint64_t>(target - band_begin) < band_length;
+        *(inside ? out_plane + target : &discard) = values[j];
+        outside |= !inside;
+      }
+      any_outside |= outside;
+    } else {
+      run(interior_begin, interior_end, std::true_type{});
+    }
+  } else {
+    run(interior_begin, interior_end, std::true_type{});
   }
+  run(interior_end, g.windows[2], std::false_type{});
   return any_outside;
 }
 
@@ -390,20 +420,39 @@ FASTOPS_CPU_MULTIVERSION void gather_window_row_grad(const PoolWindows& g, const
                                                      const storage_t* __restrict__ grad_plane,
                                                      const index_t* __restrict__ stored,
                                                      storage_t* __restrict__ grad_row, int64_t channels) {
-  if (channels == 1) {
-    for (int64_t j = 0; j < g.windows[2]; ++j) {
-      const int64_t target = rows.target(g, j, stored[j]);
-      grad_row[j] = target >= 0 ? grad_plane[target] : storage_t(0);
+  const int64_t* offset_shift = rows.offset_shift.data();
+  const auto offset_count = static_cast<uint64_t>(rows.offset_shift.size());
+  const int64_t origin = rows.origin;
+  const int64_t step = g.stride[2];
+  const int64_t interior_begin = rows.interior_begin;
+  const int64_t interior_end = rows.interior_end;
+  const auto gather = [&](int64_t j, int64_t c, int64_t k, auto interior_tag) {
+    int64_t target;
+    if constexpr (std::is_same_v<index_t, int8_t> && decltype(interior_tag)::value) {
+      const auto offset = static_cast<uint64_t>(static_cast<int64_t>(stored[k]));
+      const int64_t shift = offset < offset_count ? offset_shift[offset] : -1;
+      target = shift >= 0 ? origin + j * step + shift : -1;
+    } else {
+      target = rows.target(g, j, stored[k]);
     }
-    return;
-  }
-  for (int64_t j = 0; j < g.windows[2]; ++j) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t k = j * channels + c;
-      const int64_t target = rows.target(g, j, stored[k]);
-      grad_row[k] = target >= 0 ? grad_plane[target * channels + c] : storage_t(0);
+    grad_row[k] = target >= 0 ? grad_plane[target * channels + c] : storage_t(0);
+  };
+  const auto run = [&](int64_t j_begin, int64_t j_end, auto interior_tag) {
+    if (channels == 1) {
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        gather(j, 0, j, interior_tag);
+      }
+    } else {
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        for (int64_t c = 0; c < channels; ++c) {
+          gather(j, c, j * channels + c, interior_tag);
+        }
+      }
     }
-  }
+  };
+  run(0, interior_begin, std::false_type{});
+  run(interior_begin, interior_end, std::true_type{});
+  run(interior_end, g.windows[2], std::false_type{});
 }
 
 at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
