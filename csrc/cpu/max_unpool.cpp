@@ -127,6 +127,24 @@ struct WindowRowGeometry {
   }
 };
 
+// Calls fn(j, c, k) for windows [j_begin, j_end) of a row and every channel
+// interleaved with them (k = j * channels + c), with a plain loop when there
+// is one channel (channels-first), which the compiler keeps tight.
+template <typename F>
+inline void for_each_window_element(int64_t j_begin, int64_t j_end, int64_t channels, F&& fn) {
+  if (channels == 1) {
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      fn(j, 0, j);
+    }
+    return;
+  }
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    for (int64_t c = 0; c < channels; ++c) {
+      fn(j, c, j * channels + c);
+    }
+  }
+}
+
 // Stores each window's value of one row of windows at the position its index
 // names when that lies in the band (else into `discard`, without a branch:
 // where a maximum sits is random), in window order, so within the band the
@@ -174,17 +192,9 @@ FASTOPS_CPU_MULTIVERSION bool scatter_into_band(const PoolWindows& g, const Wind
     any_outside |= !inside;
   };
   const auto run = [&](int64_t j_begin, int64_t j_end, auto interior_tag) {
-    if (channels == 1) {
-      for (int64_t j = j_begin; j < j_end; ++j) {
-        store(j, 0, j, interior_tag);
-      }
-    } else {
-      for (int64_t j = j_begin; j < j_end; ++j) {
-        for (int64_t c = 0; c < channels; ++c) {
-          store(j, c, j * channels + c, interior_tag);
-        }
-      }
-    }
+    for_each_window_element(j_begin, j_end, channels, [&](int64_t j, int64_t c, int64_t k) {
+      store(j, c, k, interior_tag);
+    });
   };
   run(0, interior_begin, std::false_type{});
   if constexpr (kContiguousBand && std::is_same_v<index_t, int8_t>) {
@@ -438,17 +448,9 @@ FASTOPS_CPU_MULTIVERSION void gather_window_row_grad(const PoolWindows& g, const
     grad_row[k] = target >= 0 ? grad_plane[target * channels + c] : storage_t(0);
   };
   const auto run = [&](int64_t j_begin, int64_t j_end, auto interior_tag) {
-    if (channels == 1) {
-      for (int64_t j = j_begin; j < j_end; ++j) {
-        gather(j, 0, j, interior_tag);
-      }
-    } else {
-      for (int64_t j = j_begin; j < j_end; ++j) {
-        for (int64_t c = 0; c < channels; ++c) {
-          gather(j, c, j * channels + c, interior_tag);
-        }
-      }
-    }
+    for_each_window_element(j_begin, j_end, channels, [&](int64_t j, int64_t c, int64_t k) {
+      gather(j, c, k, interior_tag);
+    });
   };
   run(0, interior_begin, std::false_type{});
   run(interior_begin, interior_end, std::true_type{});

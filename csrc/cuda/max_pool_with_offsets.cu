@@ -27,16 +27,6 @@ namespace {
 
 using cuda::kThreadsPerBlock;
 
-template <bool kChannelsLast, bool kSmall>
-__device__ inline void decompose_element(const ElementDecomposer<kChannelsLast>& coords, int64_t e,
-                                         int64_t pos[kSpatialDims], int64_t& outer, int64_t& channel) {
-  if (kSmall) {
-    coords.decompose(static_cast<uint32_t>(e), pos, outer, channel);
-  } else {
-    coords.decompose64(e, pos, outer, channel);
-  }
-}
-
 template <typename scalar_t, bool kChannelsLast, bool kSmall>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     forward_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ values, int8_t* __restrict__ offsets,
@@ -49,7 +39,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   int64_t channel = 0;
   for (int64_t e = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
-    decompose_element<kChannelsLast, kSmall>(window_coords, e, w, outer, channel);
+    window_coords.template decompose_any<kSmall>(e, w, outer, channel);
     scalar_t best;
     offsets[e] = window_max_offset<scalar_t, acc_t>(g, w, input + window_coords.plane_base(outer, channel, plane),
                                                     stride, best);
@@ -70,7 +60,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   int64_t channel = 0;
   for (int64_t e = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
-    decompose_element<kChannelsLast, kSmall>(plane_coords, e, pos, outer, channel);
+    plane_coords.template decompose_any<kSmall>(e, pos, outer, channel);
     const int64_t base = plane_coords.plane_base(outer, channel, windows);
     grad_input[e] = static_cast<scalar_t>(
         max_pool_input_grad<scalar_t, acc_t>(g, pos, g.plane_linear(pos), grad_output + base, offsets + base, stride));

@@ -35,16 +35,6 @@ namespace {
 using cuda::DeviceStatus;
 using cuda::kThreadsPerBlock;
 
-template <bool kChannelsLast, bool kSmall>
-__device__ inline void decompose_element(const ElementDecomposer<kChannelsLast>& coords, int64_t e,
-                                         int64_t pos[kSpatialDims], int64_t& outer, int64_t& channel) {
-  if (kSmall) {
-    coords.decompose(static_cast<uint32_t>(e), pos, outer, channel);
-  } else {
-    coords.decompose64(e, pos, outer, channel);
-  }
-}
-
 template <typename storage_t, typename index_t, bool kChannelsLast, bool kSmall>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     gather_kernel(const storage_t* __restrict__ input, const index_t* __restrict__ indices,
@@ -59,7 +49,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   int64_t channel = 0;
   for (int64_t e = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
-    decompose_element<kChannelsLast, kSmall>(coords, e, pos, outer, channel);
+    coords.template decompose_any<kSmall>(e, pos, outer, channel);
     const int64_t base = coords.plane_base(outer, channel, windows);
     const int64_t source =
         unpool_gather_source(g, pos, g.plane_linear(pos), indices + base, stride, bits, bad_value);
@@ -229,7 +219,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   int64_t channel = 0;
   for (int64_t e = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
-    decompose_element<kChannelsLast, kSmall>(window_coords, e, w, outer, channel);
+    window_coords.template decompose_any<kSmall>(e, w, outer, channel);
     const int64_t target = unpool_target(g, w, indices[e]);
     grad_input[e] =
         target >= 0 ? grad_output[window_coords.plane_base(outer, channel, plane) + target * stride] : storage_t(0);

@@ -249,6 +249,17 @@ struct ElementDecomposer {
     channel = c;
   }
 
+  // decompose() when kSmall (the tensor has fewer than 2^31 elements), else decompose64().
+  template <bool kSmall>
+  C10_HOST_DEVICE inline void decompose_any(int64_t e, int64_t pos[kSpatialDims], int64_t& outer,
+                                            int64_t& channel) const {
+    if (kSmall) {
+      decompose(static_cast<uint32_t>(e), pos, outer, channel);
+    } else {
+      decompose64(e, pos, outer, channel);
+    }
+  }
+
   C10_HOST_DEVICE inline void decompose64(int64_t e, int64_t pos[kSpatialDims], int64_t& outer,
                                           int64_t& channel) const {
     int64_t rest = e;
