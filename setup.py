@@ -92,7 +92,9 @@ define_macros = []
 opt = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 # -fopenmp: at::parallel_for runs serially unless the caller is compiled with OpenMP;
 # the resulting libgomp.so.1 dependency resolves to the copy torch has already loaded.
-extra_compile_args = {"cxx": [*opt, "-fopenmp", "-Wall"]}
+# -ffp-contract=off: no fused multiply-adds, so CPU arithmetic rounds as the CUDA
+# kernels (which use non-fusable intrinsics) do; see csrc/ops/box_iou_math.h.
+extra_compile_args = {"cxx": [*opt, "-fopenmp", "-Wall", "-ffp-contract=off"]}
 extra_link_args = ["-fopenmp"]
 
 if USE_CUDA:

@@ -38,7 +38,15 @@ BACKENDS: tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
 AUTO = "auto"
 
 # Operators with backends, by the name of their schema in torch.ops.fastops.
-OPERATORS: tuple[str, ...] = ("max_unpool", "max_pool_with_offsets")
+OPERATORS: tuple[str, ...] = (
+    "max_unpool",
+    "max_pool_with_offsets",
+    "nms",
+    "batched_nms",
+    "nms_padded",
+    "soft_nms",
+    "box_iou",
+)
 
 _AUTO_TABLE_PATH = Path(__file__).with_name("auto_backends.json")
 

@@ -101,13 +101,3 @@ def offset_target(offset, i0, i1, i2, P0, P1, P2, K0, K1, K2, S0, S1, S2, PAD0, 
     q2 = i2 * S2 - PAD2 + r2
     valid = valid & (q0 >= 0) & (q0 < P0) & (q1 >= 0) & (q1 < P1) & (q2 >= 0) & (q2 < P2)
     return tl.where(valid, (q0 * P1 + q1) * P2 + q2, -1)
-
-
-def block_size(total: int) -> int:
-    """Elements per program: 1024 keeps a GPU's SMs full without tails; the
-    interpreter pays per program, so it gets larger blocks."""
-    import os
-
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return min(16384, max(1024, triton.next_power_of_2(total)))
-    return 1024

@@ -27,9 +27,9 @@ import triton.language as tl
 
 from fastops._poison import empty_output
 from fastops._pooling import invalid_unpool_index_message, pooling_memory_format
+from fastops.triton_kernels._launch import block_size
 from fastops.triton_kernels._pooling_window import (
     PoolWindows,
-    block_size,
     covering_range,
     decompose,
     offset_target,

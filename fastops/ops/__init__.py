@@ -2,6 +2,18 @@
 ``torchvision.ops``. Arguments are checked here, with errors that name them,
 before any kernel runs; the backend is chosen by :mod:`fastops.backends`."""
 
+from fastops.ops.boxes import batched_nms, batched_nms_padded, box_iou, nms, nms_padded, soft_nms
 from fastops.ops.unpooling import max_pool2d_with_offsets, max_unpool1d, max_unpool2d, max_unpool3d
 
-__all__ = ["max_pool2d_with_offsets", "max_unpool1d", "max_unpool2d", "max_unpool3d"]
+__all__ = [
+    "batched_nms",
+    "batched_nms_padded",
+    "box_iou",
+    "max_pool2d_with_offsets",
+    "max_unpool1d",
+    "max_unpool2d",
+    "max_unpool3d",
+    "nms",
+    "nms_padded",
+    "soft_nms",
+]

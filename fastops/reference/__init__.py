@@ -5,5 +5,14 @@ them) and are the ``reference`` backend, which runs wherever PyTorch runs.
 """
 
 from fastops.reference.max_unpool import max_pool_with_offsets, max_unpool
+from fastops.reference.nms import batched_nms, box_iou, nms, nms_padded, soft_nms
 
-__all__ = ["max_pool_with_offsets", "max_unpool"]
+__all__ = [
+    "batched_nms",
+    "box_iou",
+    "max_pool_with_offsets",
+    "max_unpool",
+    "nms",
+    "nms_padded",
+    "soft_nms",
+]
