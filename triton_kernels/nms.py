@@ -48,7 +48,13 @@ def _iou(ax1, ay1, ax2, ay2, a_area, bx1, by1, bx2, by2, b_area):
     w = _smaller(ax2, bx2) - _larger(ax1, bx1)
     h = _smaller(ay2, by2) - _larger(ay1, by1)
     inter = _larger(w, 0.0) * _larger(h, 0.0)
-    return tl.math.div_rn(inter, (a_area + b_area) - inter)
+    union = (a_area + b_area) - inter
+    # Correctly rounded division, as C++'s: float64 `/` already is; float32 `/` is not.
+    if inter.dtype == tl.float64:
+        iou = inter / union
+    else:
+        iou = tl.math.div_rn(inter, union)
+    return iou
 
 
 @triton.jit

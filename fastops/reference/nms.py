@@ -19,6 +19,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """``[N, M]`` IoU of every pair, in the boxes' dtype (computed in float32/float64)."""
+    return _iou(boxes1, boxes2).to(boxes1.dtype)
+
+
+def _iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """box_iou in the compute dtype: what suppression decisions compare."""
     a = boxes1.to(compute_dtype(boxes1.dtype))
     b = boxes2.to(compute_dtype(boxes2.dtype))
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
@@ -31,8 +36,7 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     w = right - left
     h = bottom - top
     inter = torch.where(w < 0, 0, w) * torch.where(h < 0, 0, h)
-    iou = inter / (area_a[:, None] + area_b[None, :] - inter)
-    return iou.to(boxes1.dtype)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def score_order(scores: torch.Tensor) -> torch.Tensor:
@@ -42,7 +46,7 @@ def score_order(scores: torch.Tensor) -> torch.Tensor:
 def _greedy(boxes: torch.Tensor, classes: torch.Tensor | None, iou_threshold: float) -> list[int]:
     """Positions kept by greedy suppression of boxes already in order."""
     n = boxes.shape[0]
-    iou = box_iou(boxes, boxes).to(compute_dtype(boxes.dtype))
+    iou = _iou(boxes, boxes)
     threshold = torch.tensor(iou_threshold, dtype=iou.dtype)
     suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     later = torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu(1)
@@ -106,7 +110,7 @@ def soft_nms(
     score is below ``score_threshold``. Returns the kept indices in the order
     they were kept and their decayed scores."""
     dtype = compute_dtype(boxes.dtype)
-    iou = box_iou(boxes, boxes).to(dtype)
+    iou = _iou(boxes, boxes)
     score = scores.to(dtype).clone()
     alive = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     kept, kept_scores = [], []
