@@ -26,7 +26,7 @@ import fastops
 from bench.cases import Case, on_backend
 from bench.timing import copy_bandwidth_gbps, time_cpu, time_cuda, time_cuda_graph
 
-FAMILIES = ["unpooling"]
+FAMILIES = ["unpooling", "nms"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -105,7 +105,8 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
     best = min(row["fastops_ms"].values())
     row["best_backend"] = min(row["fastops_ms"], key=row["fastops_ms"].get)
     row["speedup"] = row["reference_ms"] / best
-    row["fastops_gbps"] = case.min_bytes / (best * 1e-3) / 1e9
+    # Ops without a byte floor (compute- or latency-bound) have min_bytes 0.
+    row["fastops_gbps"] = case.min_bytes / (best * 1e-3) / 1e9 if case.min_bytes else None
     return row
 
 
@@ -132,13 +133,14 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "variant",
         "MB",
         "floor ms",
-        "PyTorch ms",
+        "reference ms",
     ]
     header += [f"{b} ms" for b in backends] + ["speedup", "GB/s", "% of copy"]
     if graphs:
-        header += ["PyTorch graph ms"] + [f"{b} graph ms" for b in backends]
+        header += ["reference graph ms"] + [f"{b} graph ms" for b in backends]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
+        floored = r["fastops_gbps"] is not None
         floor_ms = r["min_bytes"] / (meta["copy_gbps"] * 1e9) * 1e3
         cells = [
             r["op"],
@@ -147,16 +149,19 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             r["dtype"],
             r["direction"],
             r["variant"],
-            f"{r['min_bytes'] / 1e6:.1f}",
-            f"{floor_ms:.3f}",
+            f"{r['min_bytes'] / 1e6:.1f}" if floored else "",
+            f"{floor_ms:.3f}" if floored else "",
             f"{r['reference_ms']:.3f}",
         ]
         cells += [f"{r['fastops_ms'][b]:.3f}" if b in r["fastops_ms"] else "" for b in backends]
-        cells += [
-            f"{r['speedup']:.2f}x",
-            f"{r['fastops_gbps']:.1f}",
-            f"{100 * r['fastops_gbps'] / meta['copy_gbps']:.0f}%",
-        ]
+        cells += [f"{r['speedup']:.2f}x"]
+        if floored:
+            cells += [
+                f"{r['fastops_gbps']:.1f}",
+                f"{100 * r['fastops_gbps'] / meta['copy_gbps']:.0f}%",
+            ]
+        else:
+            cells += ["", ""]
         if graphs:
             graph_ms = r.get("fastops_graph_ms", {})
             reference_graph = r.get("reference_graph_ms")
@@ -165,8 +170,10 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "PyTorch ms: the implementation replaced (named per row in the JSON); int8-offset rows compare against "
-        "it with int64 indices. speedup: PyTorch / the fastest fastops backend. GB/s: minimal bytes / fastops time.",
+        "reference ms: the implementation replaced (PyTorch or torchvision, named per row in the JSON); "
+        "int8-offset rows compare against "
+        "it with int64 indices. speedup: reference / the fastest fastops backend. GB/s: minimal bytes / fastops time "
+        "(empty for operators bound by compute or latency, such as NMS).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -186,7 +193,7 @@ def plot(meta: dict, rows: list[dict], path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("speedup over PyTorch (higher is better)")
+    ax.set_xlabel("speedup over the implementation replaced (higher is better)")
     ax.set_title(f"fastops {rows[0]['family']} on {meta['device']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
