@@ -1,9 +1,10 @@
 """Registrations of max_unpool and max_pool_with_offsets.
 
 Each has a C++ op (``fastops::max_unpool``, kernels for CPU and CUDA in
-``fastops._C``) and a Triton op (``fastops::max_unpool_triton``, launchers in
-``fastops.triton_kernels``) with the same schema. Both get the same fake
-kernels and autograd formulas here:
+``fastops._C``, autograd in csrc/ops/pooling_autograd.cpp) and a Triton op
+(``fastops::max_unpool_triton``, launchers in ``fastops.triton_kernels``)
+with the same schema. Both get the same fake kernels here, the Triton ops also
+these autograd formulas (the same as the C++ ones):
 
 * max_unpool backward: ``grad_input = grad_output`` gathered at the indices
   (``_max_unpool_backward``), PyTorch's formula; its own derivative is max_unpool.
@@ -73,9 +74,12 @@ def _max_pool_backward_fake(grad_output, offsets, input_size, kernel_size, strid
 
 
 def _register_family(
-    max_unpool: str, max_unpool_backward: str, max_pool: str, max_pool_backward: str
+    max_unpool: str, max_unpool_backward: str, max_pool: str, max_pool_backward: str, autograd: bool
 ) -> None:
-    """Fakes and autograd for one implementation (C++ or Triton) of the four ops."""
+    """Fakes (and, when `autograd`, the autograd formulas) for one
+    implementation of the four ops. The C++ ops carry their autograd in C++
+    (csrc/ops/pooling_autograd.cpp): Python autograd costs more per call than
+    most GPU kernels here take."""
     ops = torch.ops.fastops
     unpool_op = getattr(ops, max_unpool).default
     unpool_backward_op = getattr(ops, max_unpool_backward).default
@@ -126,6 +130,8 @@ def _register_family(
         (offsets,) = ctx.saved_tensors
         return unpool_backward_op(grad, offsets, *ctx.geometry), None, None, None, None, None
 
+    if not autograd:
+        return
     torch.library.register_autograd(
         f"fastops::{max_unpool}", unpool_backward, setup_context=unpool_setup
     )
@@ -185,6 +191,7 @@ _register_family(
     "_max_unpool_backward_triton",
     "max_pool_with_offsets_triton",
     "_max_pool_with_offsets_backward_triton",
+    autograd=True,
 )
 if _library.extension_loaded():
     _register_family(
@@ -192,4 +199,5 @@ if _library.extension_loaded():
         "_max_unpool_backward",
         "max_pool_with_offsets",
         "_max_pool_with_offsets_backward",
+        autograd=False,
     )
