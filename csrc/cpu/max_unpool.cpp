@@ -72,7 +72,9 @@ struct WindowRowGeometry {
   int64_t plane_numel = 0;
   int64_t interior_begin = 0, interior_end = 0;  // windows whose columns all lie inside the plane
   // int8 offset -> position from its window's origin; -1 for a row outside the plane.
-  c10::SmallVector<int64_t, 128> offset_shift;
+  // Indexed by the offset's byte (uint8): 256 entries, -1 beyond the window
+  // volume too, so a lookup alone validates an offset.
+  c10::SmallVector<int64_t, 256> offset_shift;
 
   WindowRowGeometry(const PoolWindows& g, int64_t window_row)
       : w0(window_row / g.windows[1]), w1(window_row % g.windows[1]), plane_numel(g.plane_numel()) {
@@ -96,6 +98,7 @@ struct WindowRowGeometry {
         }
       }
     }
+    offset_shift.resize(256, -1);
   }
 
   // Plane-linear position the index stored for window j names, or -1
@@ -104,9 +107,8 @@ struct WindowRowGeometry {
   int64_t target(const PoolWindows& g, int64_t j, index_t index) const {
     if constexpr (std::is_same_v<index_t, int8_t>) {
       if (j >= interior_begin && j < interior_end) {
-        const bool valid = static_cast<uint64_t>(index) < static_cast<uint64_t>(offset_shift.size()) &&
-                           offset_shift[index] >= 0;
-        return valid ? origin + j * g.stride[2] + offset_shift[index] : -1;
+        const int64_t shift = offset_shift[static_cast<uint8_t>(index)];
+        return shift >= 0 ? origin + j * g.stride[2] + shift : -1;
       }
       const int64_t w[kSpatialDims] = {w0, w1, j};
       return offset_target(g, w, index);
@@ -160,7 +162,6 @@ FASTOPS_CPU_MULTIVERSION bool scatter_into_band(const PoolWindows& g, const Wind
   const int64_t band_begin = rows.band_begin;
   const auto band_length = static_cast<uint64_t>(rows.band_length);
   const int64_t* offset_shift = rows.offset_shift.data();
-  const auto offset_count = static_cast<uint64_t>(rows.offset_shift.size());
   const int64_t origin = rows.origin;
   const int64_t step = g.stride[2];
   const int64_t interior_begin = rows.interior_begin;
@@ -176,8 +177,8 @@ FASTOPS_CPU_MULTIVERSION bool scatter_into_band(const PoolWindows& g, const Wind
       inside = static_cast<uint64_t>(target - band_begin) < band_length;
     } else if constexpr (kContiguousBand && kInterior) {
       const auto offset = static_cast<uint64_t>(static_cast<int64_t>(stored[k]));
-      const int64_t shift = offset_shift[offset < offset_count ? offset : 0];
-      const bool valid = offset < offset_count && shift >= 0;
+      const int64_t shift = offset_shift[static_cast<uint8_t>(offset)];
+      const bool valid = shift >= 0;
       target = origin + j * step + shift;
       inside = valid && static_cast<uint64_t>(target - band_begin) < band_length;
     } else if constexpr (kContiguousBand) {
@@ -204,8 +205,8 @@ FASTOPS_CPU_MULTIVERSION bool scatter_into_band(const PoolWindows& g, const Wind
       bool outside = false;
       for (int64_t j = interior_begin; j < interior_end; ++j, window_origin += step) {
         const auto offset = static_cast<uint8_t>(stored[j]);
-        const int64_t shift = offset_shift[offset < offset_count ? offset : 0];
-        const bool valid = offset < offset_count && shift >= 0;
+        const int64_t shift = offset_shift[offset];
+        const bool valid = shift >= 0;
         const int64_t target = window_origin + shift;
         const bool inside = valid && static_cast<uint64_t>(target - band_begin) < band_length;
         *(inside ? out_plane + target : &discard) = values[j];
@@ -431,7 +432,6 @@ FASTOPS_CPU_MULTIVERSION void gather_window_row_grad(const PoolWindows& g, const
                                                      const index_t* __restrict__ stored,
                                                      storage_t* __restrict__ grad_row, int64_t channels) {
   const int64_t* offset_shift = rows.offset_shift.data();
-  const auto offset_count = static_cast<uint64_t>(rows.offset_shift.size());
   const int64_t origin = rows.origin;
   const int64_t step = g.stride[2];
   const int64_t interior_begin = rows.interior_begin;
@@ -440,7 +440,7 @@ FASTOPS_CPU_MULTIVERSION void gather_window_row_grad(const PoolWindows& g, const
     int64_t target;
     if constexpr (std::is_same_v<index_t, int8_t> && decltype(interior_tag)::value) {
       const auto offset = static_cast<uint64_t>(static_cast<int64_t>(stored[k]));
-      const int64_t shift = offset < offset_count ? offset_shift[offset] : -1;
+      const int64_t shift = offset_shift[static_cast<uint8_t>(offset)];
       target = shift >= 0 ? origin + j * step + shift : -1;
     } else {
       target = rows.target(g, j, stored[k]);
@@ -453,7 +453,16 @@ FASTOPS_CPU_MULTIVERSION void gather_window_row_grad(const PoolWindows& g, const
     });
   };
   run(0, interior_begin, std::false_type{});
-  run(interior_begin, interior_end, std::true_type{});
+  if (std::is_same_v<index_t, int8_t> && channels == 1) {
+    // The hot loop of int8 offsets, written out.
+    int64_t window_origin = origin + interior_begin * step;
+    for (int64_t j = interior_begin; j < interior_end; ++j, window_origin += step) {
+      const int64_t shift = offset_shift[static_cast<uint8_t>(stored[j])];
+      grad_row[j] = shift >= 0 ? grad_plane[window_origin + shift] : storage_t(0);
+    }
+  } else {
+    run(interior_begin, interior_end, std::true_type{});
+  }
   run(interior_end, g.windows[2], std::false_type{});
 }
 
