@@ -46,6 +46,9 @@ OPERATORS: tuple[str, ...] = (
     "nms_padded",
     "soft_nms",
     "box_iou",
+    "roi_align",
+    "multi_scale_roi_align",
+    "roi_pool",
 )
 
 _AUTO_TABLE_PATH = Path(__file__).with_name("auto_backends.json")

@@ -3,6 +3,7 @@
 before any kernel runs; the backend is chosen by :mod:`fastops.backends`."""
 
 from fastops.ops.boxes import batched_nms, batched_nms_padded, box_iou, nms, nms_padded, soft_nms
+from fastops.ops.roi import multi_scale_roi_align, roi_align, roi_pool
 from fastops.ops.unpooling import max_pool2d_with_offsets, max_unpool1d, max_unpool2d, max_unpool3d
 
 __all__ = [
@@ -13,7 +14,10 @@ __all__ = [
     "max_unpool1d",
     "max_unpool2d",
     "max_unpool3d",
+    "multi_scale_roi_align",
     "nms",
     "nms_padded",
+    "roi_align",
+    "roi_pool",
     "soft_nms",
 ]

@@ -6,13 +6,17 @@ them) and are the ``reference`` backend, which runs wherever PyTorch runs.
 
 from fastops.reference.max_unpool import max_pool_with_offsets, max_unpool
 from fastops.reference.nms import batched_nms, box_iou, nms, nms_padded, soft_nms
+from fastops.reference.roi import multi_scale_roi_align, roi_align, roi_pool
 
 __all__ = [
     "batched_nms",
     "box_iou",
     "max_pool_with_offsets",
     "max_unpool",
+    "multi_scale_roi_align",
     "nms",
     "nms_padded",
+    "roi_align",
+    "roi_pool",
     "soft_nms",
 ]

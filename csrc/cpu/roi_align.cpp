@@ -1,0 +1,326 @@
+// CPU kernels of roi_align and multi_scale_roi_align (roi_align is the
+// one-level case), forward and backward.
+//
+// Forward: RoIs in parallel. For each bin the sample points' taps (four
+// positions and weights each, roi_align_math.h) are computed once and applied
+// to every channel: in channels-last the channels are contiguous, so each tap
+// is one vectorised multiply-add over C; in NCHW each channel sums its bin's
+// taps from its own plane. Each output is
+//   (sum over samples iy, ix of interpolate(taps, values)) / count,
+// summed in that order, as the CUDA kernel does.
+//
+// Backward: deterministic by construction. The work is split by (level,
+// image, block of channels); a task owns those gradient elements and visits
+// its image's RoIs in ascending index, then bins ph, pw, samples iy, ix, and
+// the taps ll, lh, hl, hh, adding grad * w / count in that fixed order: the
+// result does not depend on the number of threads, and no atomics are needed.
+// float16/bfloat16 accumulate in a float32 scratch block per task, the only
+// memory beyond the gradient itself.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "common/cpu_multiversion.h"
+#include "common/dispatch.h"
+#include "ops/roi_align_math.h"
+#include "ops/roi_ops.h"
+
+namespace fastops {
+namespace {
+
+template <typename acc_t>
+struct Tap4 {
+  int64_t ll, lh, hl, hh;  // pixel positions y * W + x in the plane
+  acc_t w_ll, w_lh, w_hl, w_hh;
+};
+
+// The taps of bin (ph, pw) that lie inside the map, in sample order.
+template <typename acc_t>
+void bin_taps(const RoiAlignGrid<acc_t>& grid, int64_t ph, int64_t pw, int64_t height, int64_t width,
+              std::vector<Tap4<acc_t>>& taps) {
+  taps.clear();
+  for (int64_t iy = 0; iy < grid.samples_y; ++iy) {
+    const acc_t y = grid.sample_y(ph, iy);
+    for (int64_t ix = 0; ix < grid.samples_x; ++ix) {
+      const BilinearTaps<acc_t> t = bilinear_taps(y, grid.sample_x(pw, ix), height, width);
+      if (t.inside) {
+        taps.push_back({t.y_low * width + t.x_low, t.y_low * width + t.x_high, t.y_high * width + t.x_low,
+                        t.y_high * width + t.x_high, t.w_ll, t.w_lh, t.w_hl, t.w_hh});
+      }
+    }
+  }
+}
+
+template <typename acc_t>
+BilinearTaps<acc_t> as_weights(const Tap4<acc_t>& tap) {
+  return {0, 0, 0, 0, tap.w_ll, tap.w_lh, tap.w_hl, tap.w_hh, true};
+}
+
+// Where a RoI samples: its image and level, or an image of -1 for none.
+struct RoiSource {
+  int64_t image;
+  int level;
+};
+
+template <typename scalar_t>
+RoiSource roi_source(const scalar_t* roi, const int64_t* levels, int64_t k, const RoiProblem& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t image = roi_batch_index(static_cast<acc_t>(roi[0]), p.batch_size);
+  const int64_t level = levels ? levels[k] : 0;
+  if (image < 0 || level < 0 || level >= p.num_levels) {
+    return {-1, 0};
+  }
+  return {image, static_cast<int>(level)};
+}
+
+template <typename scalar_t, bool kChannelsLast>
+FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vector<const scalar_t*>& features,
+                                           const scalar_t* rois, const int64_t* levels, scalar_t* output,
+                                           int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = p.channels, bins = p.pooled_h * p.pooled_w;
+  std::vector<Tap4<acc_t>> taps;
+  std::vector<acc_t> sums(kChannelsLast ? channels : 0);
+  for (int64_t k = begin; k < end; ++k) {
+    const scalar_t* roi = rois + k * 5;
+    scalar_t* out = output + k * channels * bins;
+    const RoiSource source = roi_source(roi, levels, k, p);
+    if (source.image < 0) {
+      std::fill(out, out + channels * bins, scalar_t(0));
+      continue;
+    }
+    const int64_t height = p.heights[source.level], width = p.widths[source.level];
+    const int64_t plane = height * width;
+    const scalar_t* image = features[source.level] + source.image * channels * plane;
+    const RoiAlignGrid<acc_t> grid = roi_align_grid<acc_t>(roi + 1, static_cast<acc_t>(p.spatial_scales[source.level]),
+                                                           p.pooled_h, p.pooled_w, p.sampling_ratio, p.aligned);
+    for (int64_t ph = 0; ph < p.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < p.pooled_w; ++pw) {
+        bin_taps(grid, ph, pw, height, width, taps);
+        const int64_t bin = ph * p.pooled_w + pw;
+        if constexpr (kChannelsLast) {
+          std::fill(sums.begin(), sums.end(), acc_t(0));
+          for (const Tap4<acc_t>& tap : taps) {
+            const BilinearTaps<acc_t> w = as_weights(tap);
+            const scalar_t* v_ll = image + tap.ll * channels;
+            const scalar_t* v_lh = image + tap.lh * channels;
+            const scalar_t* v_hl = image + tap.hl * channels;
+            const scalar_t* v_hh = image + tap.hh * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              sums[c] = add_rn(sums[c], interpolate(w, static_cast<acc_t>(v_ll[c]), static_cast<acc_t>(v_lh[c]),
+                                                    static_cast<acc_t>(v_hl[c]), static_cast<acc_t>(v_hh[c])));
+            }
+          }
+          scalar_t* out_bin = out + bin * channels;
+          for (int64_t c = 0; c < channels; ++c) {
+            out_bin[c] = static_cast<scalar_t>(div_rn(sums[c], grid.count));
+          }
+        } else {
+          for (int64_t c = 0; c < channels; ++c) {
+            const scalar_t* values = image + c * plane;
+            acc_t sum = 0;
+            for (const Tap4<acc_t>& tap : taps) {
+              sum = add_rn(sum, interpolate(as_weights(tap), static_cast<acc_t>(values[tap.ll]),
+                                            static_cast<acc_t>(values[tap.lh]), static_cast<acc_t>(values[tap.hl]),
+                                            static_cast<acc_t>(values[tap.hh])));
+            }
+            out[c * bins + bin] = static_cast<scalar_t>(div_rn(sum, grid.count));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Channels per backward task: enough for a vectorised inner loop in
+// channels-last, few enough that the tasks outnumber the threads.
+constexpr int64_t kBackwardChannelBlock = 16;
+
+template <typename scalar_t, bool kChannelsLast>
+FASTOPS_CPU_MULTIVERSION void backward_block(const RoiProblem& p, const scalar_t* grad, const scalar_t* rois,
+                                             const int64_t* levels, int level, int64_t image, int64_t c_begin,
+                                             int64_t c_end, scalar_t* grad_image,
+                                             std::vector<at::opmath_type<scalar_t>>& scratch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // 16-bit types accumulate in float32 scratch, [block channels, plane] in
+  // NCHW or [plane, block channels] in channels-last.
+  constexpr bool kScratch = !std::is_same_v<acc_t, scalar_t>;
+  const int64_t channels = p.channels, bins = p.pooled_h * p.pooled_w;
+  const int64_t height = p.heights[level], width = p.widths[level], plane = height * width;
+  const int64_t block = c_end - c_begin;
+  acc_t* accumulator = nullptr;
+  if constexpr (kScratch) {
+    scratch.assign(block * plane, acc_t(0));
+    accumulator = scratch.data();
+  } else {
+    accumulator = reinterpret_cast<acc_t*>(grad_image);
+  }
+  // Element (position, channel c of the block) of the accumulator.
+  const int64_t position_stride = kChannelsLast ? (kScratch ? block : channels) : 1;
+  const int64_t channel_stride = kChannelsLast ? 1 : plane;
+  const int64_t channel_offset = kScratch ? 0 : (kChannelsLast ? c_begin : c_begin * plane);
+  std::vector<Tap4<acc_t>> taps;
+  for (int64_t k = 0; k < p.num_rois; ++k) {
+    const scalar_t* roi = rois + k * 5;
+    const RoiSource source = roi_source(roi, levels, k, p);
+    if (source.image != image || source.level != level) {
+      continue;
+    }
+    const RoiAlignGrid<acc_t> grid = roi_align_grid<acc_t>(roi + 1, static_cast<acc_t>(p.spatial_scales[level]),
+                                                           p.pooled_h, p.pooled_w, p.sampling_ratio, p.aligned);
+    const scalar_t* grad_roi = grad + k * channels * bins;
+    for (int64_t ph = 0; ph < p.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < p.pooled_w; ++pw) {
+        bin_taps(grid, ph, pw, height, width, taps);
+        const int64_t bin = ph * p.pooled_w + pw;
+        for (const Tap4<acc_t>& tap : taps) {
+          acc_t* a_ll = accumulator + channel_offset + tap.ll * position_stride;
+          acc_t* a_lh = accumulator + channel_offset + tap.lh * position_stride;
+          acc_t* a_hl = accumulator + channel_offset + tap.hl * position_stride;
+          acc_t* a_hh = accumulator + channel_offset + tap.hh * position_stride;
+          for (int64_t c = 0; c < block; ++c) {
+            const int64_t channel = c_begin + c;
+            const acc_t g = static_cast<acc_t>(kChannelsLast ? grad_roi[bin * channels + channel]
+                                                             : grad_roi[channel * bins + bin]);
+            const int64_t at = c * channel_stride;
+            a_ll[at] = add_rn(a_ll[at], tap_gradient(g, tap.w_ll, grid.count));
+            a_lh[at] = add_rn(a_lh[at], tap_gradient(g, tap.w_lh, grid.count));
+            a_hl[at] = add_rn(a_hl[at], tap_gradient(g, tap.w_hl, grid.count));
+            a_hh[at] = add_rn(a_hh[at], tap_gradient(g, tap.w_hh, grid.count));
+          }
+        }
+      }
+    }
+  }
+  if constexpr (kScratch) {
+    for (int64_t position = 0; position < plane; ++position) {
+      for (int64_t c = 0; c < block; ++c) {
+        const int64_t to = kChannelsLast ? position * channels + c_begin + c : (c_begin + c) * plane + position;
+        grad_image[to] = static_cast<scalar_t>(scratch[kChannelsLast ? position * block + c : c * plane + position]);
+      }
+    }
+  }
+}
+
+at::Tensor multi_scale_forward(const char* op, at::TensorList features, const at::Tensor& rois,
+                               const std::optional<at::Tensor>& levels, at::ArrayRef<double> spatial_scales,
+                               int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
+  std::vector<at::Tensor> dense;
+  RoiProblem p = make_roi_problem(op, features, rois, levels, spatial_scales, pooled_h, pooled_w, dense);
+  p.sampling_ratio = sampling_ratio;
+  p.aligned = aligned;
+  check_roi_indices_cpu(op, rois, levels, p.batch_size, p.num_levels);
+  at::Tensor output = empty_roi_output(p, dense[0].options());
+  if (output.numel() == 0) {
+    return output;
+  }
+  const at::Tensor rois_dense = rois.contiguous();
+  const at::Tensor levels_dense = levels ? levels->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "roi_align_forward_cpu", [&] {
+    std::vector<const scalar_t*> data;
+    for (const at::Tensor& f : dense) {
+      data.push_back(f.const_data_ptr<scalar_t>());
+    }
+    const scalar_t* roi_data = rois_dense.const_data_ptr<scalar_t>();
+    const int64_t* level_data = levels ? levels_dense.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    dispatch_layout(p.channels_last, [&](auto channels_last) {
+      at::parallel_for(0, p.num_rois, 1, [&](int64_t begin, int64_t end) {
+        forward_rois<scalar_t, decltype(channels_last)::value>(p, data, roi_data, level_data, out, begin, end);
+      });
+    });
+  });
+  return output;
+}
+
+std::vector<at::Tensor> multi_scale_backward(const char* op, const at::Tensor& grad_in, const at::Tensor& rois,
+                                             const std::optional<at::Tensor>& levels,
+                                             at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w,
+                                             int64_t batch_size, int64_t channels, at::IntArrayRef heights,
+                                             at::IntArrayRef widths, int64_t sampling_ratio, bool aligned) {
+  at::Tensor grad = grad_in;
+  RoiProblem p = make_roi_backward_problem(op, grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch_size,
+                                           channels, heights, widths);
+  p.sampling_ratio = sampling_ratio;
+  p.aligned = aligned;
+  check_roi_indices_cpu(op, rois, levels, p.batch_size, p.num_levels);
+  std::vector<at::Tensor> grads = zeros_roi_input_grads(p, grad.options());
+  if (p.num_rois == 0 || p.channels == 0 || p.batch_size == 0) {
+    return grads;
+  }
+  const at::Tensor rois_dense = rois.contiguous();
+  const at::Tensor levels_dense = levels ? levels->contiguous() : at::Tensor();
+  const int64_t channel_blocks = (p.channels + kBackwardChannelBlock - 1) / kBackwardChannelBlock;
+  const int64_t tasks = p.num_levels * p.batch_size * channel_blocks;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
+    const scalar_t* roi_data = rois_dense.const_data_ptr<scalar_t>();
+    const int64_t* level_data = levels ? levels_dense.const_data_ptr<int64_t>() : nullptr;
+    dispatch_layout(p.channels_last, [&](auto channels_last) {
+      at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<at::opmath_type<scalar_t>> scratch;
+        for (int64_t task = begin; task < end; ++task) {
+          const int level = static_cast<int>(task / (p.batch_size * channel_blocks));
+          const int64_t image = (task / channel_blocks) % p.batch_size;
+          const int64_t c_begin = (task % channel_blocks) * kBackwardChannelBlock;
+          const int64_t c_end = std::min(c_begin + kBackwardChannelBlock, p.channels);
+          scalar_t* grad_image = grads[level].mutable_data_ptr<scalar_t>() +
+                                 image * p.channels * p.heights[level] * p.widths[level];
+          backward_block<scalar_t, decltype(channels_last)::value>(p, grad_data, roi_data, level_data, level, image,
+                                                                   c_begin, c_end, grad_image, scratch);
+        }
+      });
+    });
+  });
+  return grads;
+}
+
+at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
+                         int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+  return multi_scale_forward("roi_align", {input}, rois, std::nullopt, {spatial_scale}, pooled_height, pooled_width,
+                             sampling_ratio, aligned);
+}
+
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                  int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
+                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                                  bool /*deterministic: always*/) {
+  return multi_scale_backward("_roi_align_backward", grad, rois, std::nullopt, {spatial_scale}, pooled_height,
+                              pooled_width, batch_size, channels, {height}, {width}, sampling_ratio, aligned)[0];
+}
+
+at::Tensor multi_scale_roi_align_cpu(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
+                                     at::ArrayRef<double> spatial_scales, int64_t pooled_height, int64_t pooled_width,
+                                     int64_t sampling_ratio, bool aligned) {
+  return multi_scale_forward("multi_scale_roi_align", features, rois, levels, spatial_scales, pooled_height,
+                             pooled_width, sampling_ratio, aligned);
+}
+
+std::vector<at::Tensor> multi_scale_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
+                                                           const at::Tensor& levels,
+                                                           at::ArrayRef<double> spatial_scales, int64_t pooled_height,
+                                                           int64_t pooled_width, int64_t batch_size, int64_t channels,
+                                                           at::IntArrayRef heights, at::IntArrayRef widths,
+                                                           int64_t sampling_ratio, bool aligned,
+                                                           bool /*deterministic: always*/) {
+  return multi_scale_backward("_multi_scale_roi_align_backward", grad, rois, levels, spatial_scales, pooled_height,
+                              pooled_width, batch_size, channels, heights, widths, sampling_ratio, aligned);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("roi_align", &roi_align_cpu);
+  m.impl("_roi_align_backward", &roi_align_backward_cpu);
+  m.impl("multi_scale_roi_align", &multi_scale_roi_align_cpu);
+  m.impl("_multi_scale_roi_align_backward", &multi_scale_roi_align_backward_cpu);
+}
+
+}  // namespace fastops
