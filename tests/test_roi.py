@@ -22,7 +22,9 @@ def on(backend, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def random_rois(k: int, batch: int, height: int, width: int, scale: float = 1.0, dtype=torch.float64):
+def random_rois(
+    k: int, batch: int, height: int, width: int, scale: float = 1.0, dtype=torch.float64
+):
     """RoIs in image coordinates (feature size / scale): inside, partly and wholly
     outside the map, tiny and zero-size ones, and some with x2 < x1."""
     h, w = height / scale, width / scale
@@ -93,9 +95,13 @@ def test_roi_pool_matches_torchvision_with_argmax(device, backend, channels_last
         expected, expected_arg = torch.ops.torchvision.roi_pool(x, rois, scale, *output_size)
         name = "roi_pool_triton" if backend == "triton" else "roi_pool"
         if backend == "reference":
-            out, arg = fastops.reference.roi_pool(x.to(device), rois.to(device), scale, *output_size)
+            out, arg = fastops.reference.roi_pool(
+                x.to(device), rois.to(device), scale, *output_size
+            )
         else:
-            out, arg = getattr(torch.ops.fastops, name)(x.to(device), rois.to(device), scale, *output_size)
+            out, arg = getattr(torch.ops.fastops, name)(
+                x.to(device), rois.to(device), scale, *output_size
+            )
         assert arg.dtype == torch.int32
         torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0)
         assert torch.equal(arg.cpu(), expected_arg)
@@ -107,7 +113,12 @@ def test_roi_pool_matches_torchvision_with_argmax(device, backend, channels_last
 def test_list_of_boxes_is_the_tensor_form(device, backend):
     x = feature_map(3, 2, 8, 8, device=device)
     boxes = [random_rois(3, 1, 8, 8)[:, 1:].to(device), random_rois(2, 1, 8, 8)[:, 1:].to(device)]
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=device), b], 1) for i, b in enumerate(boxes)])
+    rois = torch.cat(
+        [
+            torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=device), b], 1)
+            for i, b in enumerate(boxes)
+        ]
+    )
     for fn in (roi_align, roi_pool):
         assert torch.equal(on(backend, fn, x, boxes, 2), on(backend, fn, x, rois, 2))
         torch.testing.assert_close(
@@ -132,7 +143,9 @@ def test_half_precision_within_the_error_of_the_dtype(device, backend, dtype):
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(out.cpu().float(), expected, rtol=2 * eps, atol=2 * eps)
     pooled = on(backend, roi_pool, x16.to(device), rois16.to(device), (3, 3), 0.5)
-    assert torch.equal(pooled.cpu().float(), torchvision.ops.roi_pool(x16.float(), rois16.float(), 3, 0.5))
+    assert torch.equal(
+        pooled.cpu().float(), torchvision.ops.roi_pool(x16.float(), rois16.float(), 3, 0.5)
+    )
 
 
 # --- gradients ------------------------------------------------------------------------------
@@ -170,14 +183,21 @@ def test_gradcheck(device, backend, seed_offset):
     torch.manual_seed(torch.initial_seed() + seed_offset)
     x = feature_map(2, 2, 6, 7, device=device).requires_grad_()
     rois = random_rois(4, 2, 6, 7, 0.5).to(device)
+    # The interpreter pays per call: Triton checks random projections of the Jacobian.
+    fast = backend == "triton"
     with fastops.use_backend(backend):
-        assert torch.autograd.gradcheck(lambda x: roi_align(x, rois, (2, 3), 0.5, 2, True), (x,))
-        assert torch.autograd.gradcheck(lambda x: roi_align(x, rois, 2, 0.5, -1, False), (x,))
-        # roi_pool is piecewise linear: gradcheck holds away from ties.
-        assert torch.autograd.gradcheck(lambda x: roi_pool(x, rois, (2, 3), 0.5), (x,))
+        for fn in (
+            lambda x: roi_align(x, rois, (2, 3), 0.5, 2, True),
+            lambda x: roi_align(x, rois, 2, 0.5, -1, False),
+            # roi_pool is piecewise linear: gradcheck holds away from ties.
+            lambda x: roi_pool(x, rois, (2, 3), 0.5),
+        ):
+            assert torch.autograd.gradcheck(fn, (x,), fast_mode=fast)
 
 
-@pytest.mark.parametrize(("device", "backend"), [c for c in BACKEND_CASES if c.values[1] != "reference"])
+@pytest.mark.parametrize(
+    ("device", "backend"), [c for c in BACKEND_CASES if c.values[1] != "reference"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_deterministic_backward_is_bitwise_repeatable(device, backend, dtype):
     n, c, h, w = 2, 5 if backend == "triton" else 40, 12, 12
@@ -247,21 +267,39 @@ def test_edge_cases(device, backend):
         dtype=torch.float64,
         device=device,
     )
-    assert torch.equal(on(backend, roi_align, x, bad, 2), torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device))
-    assert torch.equal(on(backend, roi_align, x, bad, 2, 1.0, 0), torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device))
-    assert torch.equal(on(backend, roi_pool, x, bad, 2), torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device))
+    assert torch.equal(
+        on(backend, roi_align, x, bad, 2),
+        torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device),
+    )
+    assert torch.equal(
+        on(backend, roi_align, x, bad, 2, 1.0, 0),
+        torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device),
+    )
+    assert torch.equal(
+        on(backend, roi_pool, x, bad, 2),
+        torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device),
+    )
     expected = torchvision.ops.roi_align(x.detach().cpu(), bad[:1].cpu(), 2)
     assert torch.equal(on(backend, roi_align, x, bad[:1], 2).cpu(), expected)
     # A RoI wholly outside the map.
     far = torch.tensor([[1, 100.0, 100, 120, 130]], dtype=torch.float64, device=device)
-    assert torch.equal(on(backend, roi_align, x, far, 2).cpu(), torchvision.ops.roi_align(x.detach().cpu(), far.cpu(), 2))
-    assert torch.equal(on(backend, roi_pool, x, far, 2).cpu(), torchvision.ops.roi_pool(x.detach().cpu(), far.cpu(), 2))
+    assert torch.equal(
+        on(backend, roi_align, x, far, 2).cpu(),
+        torchvision.ops.roi_align(x.detach().cpu(), far.cpu(), 2),
+    )
+    assert torch.equal(
+        on(backend, roi_pool, x, far, 2).cpu(),
+        torchvision.ops.roi_pool(x.detach().cpu(), far.cpu(), 2),
+    )
     # No channels / empty feature map.
     empty_c = feature_map(2, 0, 6, 6, device=device)
     roi = torch.tensor([[0, 1.0, 1, 4, 4]], dtype=torch.float64, device=device)
     assert on(backend, roi_align, empty_c, roi, 2).shape == (1, 0, 2, 2)
     empty_hw = feature_map(2, 3, 0, 5, device=device)
-    assert torch.equal(on(backend, roi_align, empty_hw, roi, 2), torch.zeros(1, 3, 2, 2, dtype=torch.float64, device=device))
+    assert torch.equal(
+        on(backend, roi_align, empty_hw, roi, 2),
+        torch.zeros(1, 3, 2, 2, dtype=torch.float64, device=device),
+    )
 
 
 @pytest.mark.parametrize(("device", "backend"), BACKEND_CASES)
@@ -285,7 +323,8 @@ def pyramid(n=2, c=3, device="cpu", dtype=torch.float64, channels_last=False):
     """Four FPN-like levels for 64 x 96 images (scales 1/4 ... 1/32)."""
     sizes = [(16, 24), (8, 12), (4, 6), (2, 3)]
     return {
-        str(i): feature_map(n, c, h, w, dtype, device, channels_last) for i, (h, w) in enumerate(sizes)
+        str(i): feature_map(n, c, h, w, dtype, device, channels_last)
+        for i, (h, w) in enumerate(sizes)
     }
 
 
@@ -294,7 +333,9 @@ def pyramid_boxes(counts, device="cpu", dtype=torch.float64):
     for count in counts:
         x1 = torch.rand(count, dtype=torch.float64) * 80
         y1 = torch.rand(count, dtype=torch.float64) * 50
-        size = torch.exp(torch.rand(count, 2, dtype=torch.float64) * 4.5)  # 1 to 90 pixels: every level
+        size = torch.exp(
+            torch.rand(count, 2, dtype=torch.float64) * 4.5
+        )  # 1 to 90 pixels: every level
         boxes.append(torch.stack([x1, y1, x1 + size[:, 0], y1 + size[:, 1]], 1).to(device, dtype))
     return boxes
 
@@ -339,9 +380,14 @@ def test_multi_scale_with_one_level_and_filtered_names(device, backend):
 def test_modules_match_torchvision_modules():
     x = feature_map(2, 3, 9, 9)
     rois = random_rois(10, 2, 9, 9, 0.5)
-    assert torch.equal(RoIAlign((2, 3), 0.5, 2, True)(x, rois), torchvision.ops.RoIAlign((2, 3), 0.5, 2, True)(x, rois))
+    assert torch.equal(
+        RoIAlign((2, 3), 0.5, 2, True)(x, rois),
+        torchvision.ops.RoIAlign((2, 3), 0.5, 2, True)(x, rois),
+    )
     assert torch.equal(RoIPool(3, 0.5)(x, rois), torchvision.ops.RoIPool(3, 0.5)(x, rois))
-    assert repr(RoIAlign((2, 3), 0.5, 2, True)) == repr(torchvision.ops.RoIAlign((2, 3), 0.5, 2, True))
+    assert repr(RoIAlign((2, 3), 0.5, 2, True)) == repr(
+        torchvision.ops.RoIAlign((2, 3), 0.5, 2, True)
+    )
     assert repr(RoIPool(3, 0.5)) == repr(torchvision.ops.RoIPool(3, 0.5))
 
 
@@ -352,7 +398,9 @@ def _op(name, backend):
     return getattr(torch.ops.fastops, name + ("_triton" if backend == "triton" else ""))
 
 
-@pytest.mark.parametrize(("device", "backend"), [c for c in BACKEND_CASES if c.values[1] != "reference"])
+@pytest.mark.parametrize(
+    ("device", "backend"), [c for c in BACKEND_CASES if c.values[1] != "reference"]
+)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_opcheck(device, backend, channels_last):
     x = feature_map(2, 3, 6, 7, device=device, channels_last=channels_last).requires_grad_()
@@ -362,12 +410,15 @@ def test_opcheck(device, backend, channels_last):
     levels = torch.tensor([0, 1, 1, 0], device=device)
     coarse = feature_map(2, 3, 3, 4, device=device, channels_last=channels_last).requires_grad_()
     torch.library.opcheck(
-        _op("multi_scale_roi_align", backend), ([x, coarse], rois, levels, [0.5, 0.25], 2, 2, -1, False)
+        _op("multi_scale_roi_align", backend),
+        ([x, coarse], rois, levels, [0.5, 0.25], 2, 2, -1, False),
     )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("device", "backend"), [c for c in BACKEND_CASES if c.values[1] != "reference"])
+@pytest.mark.parametrize(
+    ("device", "backend"), [c for c in BACKEND_CASES if c.values[1] != "reference"]
+)
 def test_torch_compile_fullgraph(device, backend):
     torch._dynamo.reset()
     features = pyramid(device=device, dtype=torch.float32)
@@ -377,7 +428,11 @@ def test_torch_compile_fullgraph(device, backend):
     def head(features, boxes):
         pooled = module(features, boxes, [(64, 96)])
         rois = torch.cat([torch.zeros(5, 1, device=device), torch.cat(boxes)], 1)
-        return pooled + roi_align(features["0"], rois, 2, 0.25, 2, True) + roi_pool(features["1"], rois, 2, 0.125)
+        return (
+            pooled
+            + roi_align(features["0"], rois, 2, 0.25, 2, True)
+            + roi_pool(features["1"], rois, 2, 0.125)
+        )
 
     with fastops.use_backend(backend):
         eager = head(features, boxes)
@@ -392,7 +447,7 @@ def test_bad_arguments_raise_clear_errors():
         roi_align(x, rois[:, 1:], 2)
     with pytest.raises(ValueError, match="boxes\\[1\\] must be an \\[L, 4\\]"):
         roi_align(x, [rois[:, 1:], rois], 2)
-    with pytest.raises(TypeError, match="boxes \\(torch.float32\\) must have the dtype of input"):
+    with pytest.raises(TypeError, match=r"boxes \(torch.float32\) must have the dtype of input"):
         roi_align(x, rois.float(), 2)
     with pytest.raises(ValueError, match="output_size must be positive"):
         roi_align(x, rois, (0, 2))

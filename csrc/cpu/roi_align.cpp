@@ -80,13 +80,17 @@ RoiSource roi_source(const scalar_t* roi, const int64_t* levels, int64_t k, cons
   return {image, static_cast<int>(level)};
 }
 
+// Taps kept at once by the NCHW forward (a few hundred KB).
+constexpr size_t kMaxKeptTaps = 8192;
+
 template <typename scalar_t, bool kChannelsLast>
 FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vector<const scalar_t*>& features,
                                            const scalar_t* rois, const int64_t* levels, scalar_t* output,
                                            int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = p.channels, bins = p.pooled_h * p.pooled_w;
-  std::vector<Tap4<acc_t>> taps;
+  std::vector<Tap4<acc_t>> taps, bin_buffer;
+  std::vector<int64_t> bin_starts;
   std::vector<acc_t> sums(kChannelsLast ? channels : 0);
   for (int64_t k = begin; k < end; ++k) {
     const scalar_t* roi = rois + k * 5;
@@ -101,11 +105,10 @@ FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vecto
     const scalar_t* image = features[source.level] + source.image * channels * plane;
     const RoiAlignGrid<acc_t> grid = roi_align_grid<acc_t>(roi + 1, static_cast<acc_t>(p.spatial_scales[source.level]),
                                                            p.pooled_h, p.pooled_w, p.sampling_ratio, p.aligned);
-    for (int64_t ph = 0; ph < p.pooled_h; ++ph) {
-      for (int64_t pw = 0; pw < p.pooled_w; ++pw) {
-        bin_taps(grid, ph, pw, height, width, taps);
-        const int64_t bin = ph * p.pooled_w + pw;
-        if constexpr (kChannelsLast) {
+    if constexpr (kChannelsLast) {
+      for (int64_t ph = 0; ph < p.pooled_h; ++ph) {
+        for (int64_t pw = 0; pw < p.pooled_w; ++pw) {
+          bin_taps(grid, ph, pw, height, width, taps);
           std::fill(sums.begin(), sums.end(), acc_t(0));
           for (const Tap4<acc_t>& tap : taps) {
             const BilinearTaps<acc_t> w = as_weights(tap);
@@ -118,15 +121,32 @@ FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vecto
                                                     static_cast<acc_t>(v_hl[c]), static_cast<acc_t>(v_hh[c])));
             }
           }
-          scalar_t* out_bin = out + bin * channels;
+          scalar_t* out_bin = out + (ph * p.pooled_w + pw) * channels;
           for (int64_t c = 0; c < channels; ++c) {
             out_bin[c] = static_cast<scalar_t>(div_rn(sums[c], grid.count));
           }
-        } else {
-          for (int64_t c = 0; c < channels; ++c) {
-            const scalar_t* values = image + c * plane;
+        }
+      }
+    } else {
+      // Channel planes outer, bins inner, so that each plane's RoI region is
+      // read while in cache; the taps of a run of bins are kept (bounded, for
+      // huge adaptive grids) and reused by every channel.
+      for (int64_t bin_begin = 0; bin_begin < bins;) {
+        taps.clear();
+        bin_starts.clear();
+        int64_t bin_end = bin_begin;
+        for (; bin_end < bins && (bin_end == bin_begin || taps.size() < kMaxKeptTaps); ++bin_end) {
+          bin_starts.push_back(static_cast<int64_t>(taps.size()));
+          bin_taps(grid, bin_end / p.pooled_w, bin_end % p.pooled_w, height, width, bin_buffer);
+          taps.insert(taps.end(), bin_buffer.begin(), bin_buffer.end());
+        }
+        bin_starts.push_back(static_cast<int64_t>(taps.size()));
+        for (int64_t c = 0; c < channels; ++c) {
+          const scalar_t* values = image + c * plane;
+          for (int64_t bin = bin_begin; bin < bin_end; ++bin) {
             acc_t sum = 0;
-            for (const Tap4<acc_t>& tap : taps) {
+            for (int64_t t = bin_starts[bin - bin_begin]; t < bin_starts[bin - bin_begin + 1]; ++t) {
+              const Tap4<acc_t>& tap = taps[t];
               sum = add_rn(sum, interpolate(as_weights(tap), static_cast<acc_t>(values[tap.ll]),
                                             static_cast<acc_t>(values[tap.lh]), static_cast<acc_t>(values[tap.hl]),
                                             static_cast<acc_t>(values[tap.hh])));
@@ -134,6 +154,7 @@ FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vecto
             out[c * bins + bin] = static_cast<scalar_t>(div_rn(sum, grid.count));
           }
         }
+        bin_begin = bin_end;
       }
     }
   }

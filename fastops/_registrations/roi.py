@@ -65,15 +65,27 @@ def _check_rois(rois):
     torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "rois must be [K, 5]")
 
 
-def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+def _roi_align_fake(
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+):
     _check_rois(rois)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return _empty(shape, input, roi_memory_format([input]))
 
 
 def _roi_align_backward_fake(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
-    sampling_ratio, aligned, deterministic,
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    batch_size,
+    channels,
+    height,
+    width,
+    sampling_ratio,
+    aligned,
+    deterministic,
 ):
     return _empty((batch_size, channels, height, width), grad, roi_memory_format([grad]))
 
@@ -87,8 +99,19 @@ def _multi_scale_fake(
 
 
 def _multi_scale_backward_fake(
-    grad, rois, levels, spatial_scales, pooled_height, pooled_width, batch_size, channels,
-    heights, widths, sampling_ratio, aligned, deterministic,
+    grad,
+    rois,
+    levels,
+    spatial_scales,
+    pooled_height,
+    pooled_width,
+    batch_size,
+    channels,
+    heights,
+    widths,
+    sampling_ratio,
+    aligned,
+    deterministic,
 ):
     layout = roi_memory_format([grad])
     return [
@@ -105,8 +128,17 @@ def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
 
 
 def _roi_pool_backward_fake(
-    grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height,
-    width, deterministic,
+    grad,
+    rois,
+    argmax,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    batch_size,
+    channels,
+    height,
+    width,
+    deterministic,
 ):
     return _empty((batch_size, channels, height, width), grad, roi_memory_format([grad]))
 

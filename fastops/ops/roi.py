@@ -62,9 +62,7 @@ def convert_boxes_to_roi_format(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
     column is the image index (torchvision's conversion)."""
     if len(boxes) == 0:
         raise ValueError("boxes: an empty list names no image; pass a [0, 5] tensor instead")
-    rows = [
-        torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)
-    ]
+    rows = [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
     return torch.cat(rows, dim=0)
 
 
@@ -225,8 +223,10 @@ def multi_scale_roi_align(
             f"{api}: one spatial_scale per feature map, got {len(spatial_scales)} for {len(features)}"
         )
     scales = [_check_scale(s, api) for s in spatial_scales]
-    if not isinstance(levels, torch.Tensor) or levels.dtype != torch.int64 or levels.shape != (
-        rois.shape[0],
+    if (
+        not isinstance(levels, torch.Tensor)
+        or levels.dtype != torch.int64
+        or levels.shape != (rois.shape[0],)
     ):
         raise TypeError(f"{api}: levels must be an int64 tensor [K] for rois [K, 5]")
     pooled_h, pooled_w = _pair(output_size, api)

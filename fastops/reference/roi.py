@@ -101,9 +101,7 @@ def roi_align(
     if not aligned:
         roi_w, roi_h = roi_w.clamp_min(1), roi_h.clamp_min(1)
     bin_h, bin_w = roi_h / pooled_height, roi_w / pooled_width
-    finite = (
-        torch.isfinite(boxes[:, 1:]).all(dim=1) & torch.isfinite(bin_h) & torch.isfinite(bin_w)
-    )
+    finite = torch.isfinite(boxes[:, 1:]).all(dim=1) & torch.isfinite(bin_h) & torch.isfinite(bin_w)
 
     def samples(bin_size):
         if sampling_ratio > 0:
