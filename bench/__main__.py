@@ -26,7 +26,7 @@ import fastops
 from bench.cases import Case, on_backend
 from bench.timing import copy_bandwidth_gbps, time_cpu, time_cuda, time_cuda_graph
 
-FAMILIES = ["unpooling", "nms"]
+FAMILIES = ["unpooling", "nms", "roi"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -200,6 +200,26 @@ def plot(meta: dict, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def merge_into_existing(
+    path: Path, rows: list[dict], meta: dict, selected: list[str]
+) -> tuple[list[dict], dict]:
+    """With --op, the rows of the other operators are kept from the existing
+    results file; the meta says which commit measured which rows."""
+    if not path.exists():
+        return rows, meta
+    old = json.loads(path.read_text())
+    kept = [r for r in old["rows"] if r["op"] not in selected and r["family"] not in selected]
+    if not kept:
+        return rows, meta
+    order = {family: i for i, family in enumerate(FAMILIES)}
+    merged = sorted(kept + rows, key=lambda r: order.get(r["family"], len(order)))
+    meta = meta | {
+        "commit": f"{meta['commit']} ({', '.join(selected)}); {old['meta']['commit']} (other rows, "
+        f"{old['meta']['date']})"
+    }
+    return merged, meta
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes and one dtype")
@@ -249,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             for case in tqdm(all_cases, desc=f"bench on {name}", unit="case", file=sys.stderr)
         ]
         stem = slug(name) + ("-quick" if args.quick else "")
+        if args.op:
+            rows, meta = merge_into_existing(args.out / f"{stem}.json", rows, meta, args.op)
         (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         table = markdown(meta, rows)
         (args.out / f"{stem}.md").write_text(table)

@@ -82,6 +82,44 @@ RoiSource roi_source(const scalar_t* roi, const int64_t* levels, int64_t k, cons
 
 // Taps kept at once by the NCHW forward (a few hundred KB).
 constexpr size_t kMaxKeptTaps = 8192;
+// Largest RoI footprint (pixels x channels) the NCHW forward transposes.
+constexpr int64_t kMaxRegionElements = int64_t{1} << 20;
+
+// sums[c] += interpolate(tap, values of channel c) for every channel, the
+// four neighbours at positions (in units of `channels`) ll, lh, hl, hh of a
+// channels-last `base`: one vectorised pass over contiguous channels.
+template <typename value_t, typename acc_t>
+inline void accumulate_channels(const value_t* base, const Tap4<acc_t>& tap, int64_t channels, acc_t* sums) {
+  const BilinearTaps<acc_t> w = as_weights(tap);
+  const value_t* v_ll = base + tap.ll * channels;
+  const value_t* v_lh = base + tap.lh * channels;
+  const value_t* v_hl = base + tap.hl * channels;
+  const value_t* v_hh = base + tap.hh * channels;
+  for (int64_t c = 0; c < channels; ++c) {
+    sums[c] = add_rn(sums[c], interpolate(w, static_cast<acc_t>(v_ll[c]), static_cast<acc_t>(v_lh[c]),
+                                          static_cast<acc_t>(v_hl[c]), static_cast<acc_t>(v_hh[c])));
+  }
+}
+
+// The taps of every bin of a RoI, bins delimited by `bin_starts`; false (and
+// nothing kept) when there are more than kMaxKeptTaps.
+template <typename acc_t>
+bool all_bin_taps(const RoiAlignGrid<acc_t>& grid, int64_t pooled_h, int64_t pooled_w, int64_t height, int64_t width,
+                  std::vector<Tap4<acc_t>>& taps, std::vector<int64_t>& bin_starts,
+                  std::vector<Tap4<acc_t>>& bin_buffer) {
+  if (grid.samples_y * grid.samples_x * pooled_h * pooled_w > static_cast<int64_t>(kMaxKeptTaps)) {
+    return false;
+  }
+  taps.clear();
+  bin_starts.clear();
+  for (int64_t bin = 0; bin < pooled_h * pooled_w; ++bin) {
+    bin_starts.push_back(static_cast<int64_t>(taps.size()));
+    bin_taps(grid, bin / pooled_w, bin % pooled_w, height, width, bin_buffer);
+    taps.insert(taps.end(), bin_buffer.begin(), bin_buffer.end());
+  }
+  bin_starts.push_back(static_cast<int64_t>(taps.size()));
+  return true;
+}
 
 template <typename scalar_t, bool kChannelsLast>
 FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vector<const scalar_t*>& features,
@@ -91,7 +129,7 @@ FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vecto
   const int64_t channels = p.channels, bins = p.pooled_h * p.pooled_w;
   std::vector<Tap4<acc_t>> taps, bin_buffer;
   std::vector<int64_t> bin_starts;
-  std::vector<acc_t> sums(kChannelsLast ? channels : 0);
+  std::vector<acc_t> sums(kChannelsLast ? channels : 0), region;
   for (int64_t k = begin; k < end; ++k) {
     const scalar_t* roi = rois + k * 5;
     scalar_t* out = output + k * channels * bins;
@@ -111,15 +149,7 @@ FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vecto
           bin_taps(grid, ph, pw, height, width, taps);
           std::fill(sums.begin(), sums.end(), acc_t(0));
           for (const Tap4<acc_t>& tap : taps) {
-            const BilinearTaps<acc_t> w = as_weights(tap);
-            const scalar_t* v_ll = image + tap.ll * channels;
-            const scalar_t* v_lh = image + tap.lh * channels;
-            const scalar_t* v_hl = image + tap.hl * channels;
-            const scalar_t* v_hh = image + tap.hh * channels;
-            for (int64_t c = 0; c < channels; ++c) {
-              sums[c] = add_rn(sums[c], interpolate(w, static_cast<acc_t>(v_ll[c]), static_cast<acc_t>(v_lh[c]),
-                                                    static_cast<acc_t>(v_hl[c]), static_cast<acc_t>(v_hh[c])));
-            }
+            accumulate_channels(image, tap, channels, sums.data());
           }
           scalar_t* out_bin = out + (ph * p.pooled_w + pw) * channels;
           for (int64_t c = 0; c < channels; ++c) {
@@ -128,6 +158,52 @@ FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const std::vecto
         }
       }
     } else {
+      if (all_bin_taps(grid, p.pooled_h, p.pooled_w, height, width, taps, bin_starts, bin_buffer) && !taps.empty()) {
+        int64_t y0 = height, y1 = -1, x0 = width, x1 = -1;
+        for (const Tap4<acc_t>& tap : taps) {
+          y0 = std::min(y0, tap.ll / width);
+          x0 = std::min(x0, tap.ll % width);
+          y1 = std::max(y1, tap.hh / width);
+          x1 = std::max(x1, tap.hh % width);
+        }
+        const int64_t region_h = y1 - y0 + 1, region_w = x1 - x0 + 1;
+        const int64_t region_pixels = region_h * region_w;
+        // A small footprint (fewer pixels than tap loads) is transposed once
+        // to channels-last scratch and summed with the vectorised loop, in
+        // the same order per channel as the gather below.
+        if (region_pixels <= 4 * static_cast<int64_t>(taps.size()) &&
+            region_pixels * channels <= kMaxRegionElements) {
+          region.resize(region_pixels * channels);
+          sums.resize(channels);
+          for (int64_t c = 0; c < channels; ++c) {
+            const scalar_t* source = image + c * plane + y0 * width + x0;
+            acc_t* target = region.data() + c;
+            for (int64_t y = 0; y < region_h; ++y) {
+              for (int64_t x = 0; x < region_w; ++x) {
+                target[(y * region_w + x) * channels] = static_cast<acc_t>(source[y * width + x]);
+              }
+            }
+          }
+          const auto rebase = [&](int64_t position) {
+            return (position / width - y0) * region_w + (position % width - x0);
+          };
+          for (int64_t bin = 0; bin < bins; ++bin) {
+            std::fill(sums.begin(), sums.end(), acc_t(0));
+            for (int64_t t = bin_starts[bin]; t < bin_starts[bin + 1]; ++t) {
+              Tap4<acc_t> tap = taps[t];
+              tap.ll = rebase(tap.ll);
+              tap.lh = rebase(tap.lh);
+              tap.hl = rebase(tap.hl);
+              tap.hh = rebase(tap.hh);
+              accumulate_channels(region.data(), tap, channels, sums.data());
+            }
+            for (int64_t c = 0; c < channels; ++c) {
+              out[c * bins + bin] = static_cast<scalar_t>(div_rn(sums[c], grid.count));
+            }
+          }
+          continue;
+        }
+      }
       // Channel planes outer, bins inner, so that each plane's RoI region is
       // read while in cache; the taps of a run of bins are kept (bounded, for
       // huge adaptive grids) and reused by every channel.
