@@ -31,9 +31,9 @@ def _summary(times_ms: list[float]) -> Timing:
 def time_cpu(fn: Callable[[], object], min_run_time: float = 0.5) -> Timing:
     """Blocks of calls until ``min_run_time`` seconds have run; per-call times of the blocks."""
     fn()  # warm-up (allocator, lazy initialisation)
-    measurement = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(
-        min_run_time=min_run_time
-    )
+    measurement = Timer(
+        stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+    ).blocked_autorange(min_run_time=min_run_time)
     return _summary([t * 1e3 for t in measurement.times])
 
 

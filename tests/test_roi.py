@@ -248,6 +248,36 @@ def test_cpu_and_triton_forward_and_deterministic_backward_agree_bitwise():
     assert torch.equal(results[0][1], results[1][1])
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_gpu_forward_and_deterministic_backward_equal_the_cpu_bitwise(
+    backend, channels_last, dtype
+):
+    """Same sampling math, same summation order: the GPU kernels reproduce the
+    CPU's bits, also with more than 64 RoIs over one tile (several rounds of
+    the gather's RoI list) and channel counts that fill no vector evenly."""
+    x = feature_map(2, 70, 23, 29, dtype, channels_last=channels_last)
+    rois = random_rois(300, 2, 23, 29, 0.5, dtype)
+    grad = torch.randn(300, 70, 3, 4, dtype=dtype)
+    results = {}
+    torch.use_deterministic_algorithms(True)
+    try:
+        for device, name in (("cpu", "cpu"), ("cuda", backend)):
+            xd = x.detach().to(device).requires_grad_()
+            with fastops.use_backend(name):
+                out = roi_align(xd, rois.to(device), (3, 4), 0.5, 0, True)
+                (g,) = torch.autograd.grad(out, xd, grad.to(device))
+                pooled = roi_pool(xd, rois.to(device), (3, 4), 0.5)
+                (gp,) = torch.autograd.grad(pooled, xd, grad.to(device))
+            results[device] = [t.cpu() for t in (out, g, pooled, gp)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(results["cpu"], results["cuda"], strict=True):
+        assert torch.equal(a, b)
+
+
 # --- edge cases ---------------------------------------------------------------------------------
 
 
@@ -375,6 +405,32 @@ def test_multi_scale_with_one_level_and_filtered_names(device, backend):
         with fastops.use_backend(backend):
             out = module(features, boxes, [(64, 96)])
         torch.testing.assert_close(out.cpu(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_multi_scale_roi_align_captures_in_a_cuda_graph(backend):
+    """No host synchronisation: the whole box head replays from a CUDA graph."""
+    features = pyramid(device="cuda", dtype=torch.float32)
+    boxes = pyramid_boxes([30, 20], "cuda", torch.float32)
+    module = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    with fastops.use_backend(backend):
+        expected = module(features, boxes, [(64, 96)])  # infers and caches the scales
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            module(features, boxes, [(64, 96)])  # warm-up (Triton compiles) off the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = module(features, boxes, [(64, 96)])
+    for f in features.values():
+        f.normal_()
+    graph.replay()
+    with fastops.use_backend(backend):
+        fresh = module(features, boxes, [(64, 96)])
+    assert not torch.equal(fresh, expected)
+    torch.testing.assert_close(captured, fresh, rtol=0, atol=0)
 
 
 def test_modules_match_torchvision_modules():

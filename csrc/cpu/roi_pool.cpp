@@ -36,72 +36,96 @@ FASTOPS_CPU_MULTIVERSION void forward_rois(const RoiProblem& p, const scalar_t* 
   const int64_t channels = p.channels, bins = p.pooled_h * p.pooled_w;
   const int64_t height = p.heights[0], width = p.widths[0], plane = height * width;
   std::vector<acc_t> best(kChannelsLast ? channels : 0);
+  std::vector<RoiPoolWindow> windows;
   for (int64_t k = begin; k < end; ++k) {
     const scalar_t* roi = rois + k * 5;
     const int64_t image = roi_batch_index(static_cast<acc_t>(roi[0]), p.batch_size);
     const RoiPoolGrid<acc_t> grid = roi_pool_grid<acc_t>(roi + 1, static_cast<acc_t>(p.spatial_scales[0]), p.pooled_h,
                                                          p.pooled_w);
     const scalar_t* values = input + std::max<int64_t>(image, 0) * channels * plane;
-    for (int64_t ph = 0; ph < p.pooled_h; ++ph) {
-      for (int64_t pw = 0; pw < p.pooled_w; ++pw) {
-        const RoiPoolWindow window = roi_pool_window(grid, ph, pw, height, width);
-        const int64_t bin = ph * p.pooled_w + pw;
-        const bool empty = image < 0 || window.empty();
-        if constexpr (kChannelsLast) {
-          scalar_t* out = output + (k * bins + bin) * channels;
-          int32_t* arg = argmax + (k * bins + bin) * channels;
-          if (empty) {
-            std::fill(out, out + channels, scalar_t(0));
-            std::fill(arg, arg + channels, int32_t{-1});
-            continue;
-          }
-          bool first = true;
-          for (int64_t h = window.h_begin; h < window.h_end; ++h) {
-            for (int64_t w = window.w_begin; w < window.w_end; ++w) {
-              const int32_t position = static_cast<int32_t>(h * width + w);
-              const scalar_t* v = values + (h * width + w) * channels;
-              if (first) {
-                for (int64_t c = 0; c < channels; ++c) {
-                  best[c] = static_cast<acc_t>(v[c]);
-                  arg[c] = position;
-                }
-                first = false;
-                continue;
-              }
+    if constexpr (kChannelsLast) {
+      // One running maximum per channel, a compare-and-blend over the
+      // contiguous channels per window element.
+      for (int64_t bin = 0; bin < bins; ++bin) {
+        const RoiPoolWindow window = roi_pool_window(grid, bin / p.pooled_w, bin % p.pooled_w, height, width);
+        scalar_t* out = output + (k * bins + bin) * channels;
+        int32_t* arg = argmax + (k * bins + bin) * channels;
+        if (image < 0 || window.empty()) {
+          std::fill(out, out + channels, scalar_t(0));
+          std::fill(arg, arg + channels, int32_t{-1});
+          continue;
+        }
+        bool first = true;
+        for (int64_t h = window.h_begin; h < window.h_end; ++h) {
+          for (int64_t w = window.w_begin; w < window.w_end; ++w) {
+            const int32_t position = static_cast<int32_t>(h * width + w);
+            const scalar_t* v = values + (h * width + w) * channels;
+            if (first) {
               for (int64_t c = 0; c < channels; ++c) {
-                const acc_t candidate = static_cast<acc_t>(v[c]);
-                const bool replace = replaces_max(candidate, best[c]);
-                best[c] = replace ? candidate : best[c];
-                arg[c] = replace ? position : arg[c];
+                best[c] = static_cast<acc_t>(v[c]);
+                arg[c] = position;
               }
-            }
-          }
-          for (int64_t c = 0; c < channels; ++c) {
-            out[c] = static_cast<scalar_t>(best[c]);
-          }
-        } else {
-          for (int64_t c = 0; c < channels; ++c) {
-            const int64_t at = (k * channels + c) * bins + bin;
-            if (empty) {
-              output[at] = scalar_t(0);
-              argmax[at] = -1;
+              first = false;
               continue;
             }
-            const scalar_t* plane_values = values + c * plane;
-            acc_t max_value = static_cast<acc_t>(plane_values[window.h_begin * width + window.w_begin]);
-            int32_t max_position = static_cast<int32_t>(window.h_begin * width + window.w_begin);
-            for (int64_t h = window.h_begin; h < window.h_end; ++h) {
-              for (int64_t w = window.w_begin; w < window.w_end; ++w) {
-                const acc_t candidate = static_cast<acc_t>(plane_values[h * width + w]);
-                if (replaces_max(candidate, max_value)) {
-                  max_value = candidate;
-                  max_position = static_cast<int32_t>(h * width + w);
-                }
+            for (int64_t c = 0; c < channels; ++c) {
+              const acc_t candidate = static_cast<acc_t>(v[c]);
+              const bool replace = replaces_max(candidate, best[c]);
+              best[c] = replace ? candidate : best[c];
+              arg[c] = replace ? position : arg[c];
+            }
+          }
+        }
+        for (int64_t c = 0; c < channels; ++c) {
+          out[c] = static_cast<scalar_t>(best[c]);
+        }
+      }
+    } else {
+      // Channel planes outer, bins inner: a plane's RoI region stays in cache
+      // while all its bins are scanned.
+      windows.clear();
+      for (int64_t bin = 0; bin < bins; ++bin) {
+        windows.push_back(roi_pool_window(grid, bin / p.pooled_w, bin % p.pooled_w, height, width));
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t* plane_values = values + c * plane;
+        for (int64_t bin = 0; bin < bins; ++bin) {
+          const RoiPoolWindow& window = windows[bin];
+          const int64_t at = (k * channels + c) * bins + bin;
+          if (image < 0 || window.empty()) {
+            output[at] = scalar_t(0);
+            argmax[at] = -1;
+            continue;
+          }
+          acc_t max_value = static_cast<acc_t>(plane_values[window.h_begin * width + window.w_begin]);
+          int32_t max_position = static_cast<int32_t>(window.h_begin * width + window.w_begin);
+          // The scan of replaces_max split in two: a plain `>` branch (the
+          // maximum of random values rarely changes, so it predicts well)
+          // and a branch-free NaN flag; a window holding a NaN is rescanned
+          // for its first NaN, which is its maximum.
+          bool any_nan = false;
+          for (int64_t h = window.h_begin; h < window.h_end; ++h) {
+            for (int64_t w = window.w_begin; w < window.w_end; ++w) {
+              const acc_t candidate = static_cast<acc_t>(plane_values[h * width + w]);
+              any_nan |= candidate != candidate;
+              if (candidate > max_value) {
+                max_value = candidate;
+                max_position = static_cast<int32_t>(h * width + w);
               }
             }
-            output[at] = static_cast<scalar_t>(max_value);
-            argmax[at] = max_position;
           }
+          for (int64_t h = window.h_begin; any_nan && h < window.h_end; ++h) {
+            for (int64_t w = window.w_begin; any_nan && w < window.w_end; ++w) {
+              const acc_t candidate = static_cast<acc_t>(plane_values[h * width + w]);
+              if (replaces_max(candidate, max_value)) {
+                max_value = candidate;
+                max_position = static_cast<int32_t>(h * width + w);
+                any_nan = false;
+              }
+            }
+          }
+          output[at] = static_cast<scalar_t>(max_value);
+          argmax[at] = max_position;
         }
       }
     }
