@@ -172,6 +172,25 @@ def _samples_per_bin(bin, sampling_ratio, MAX_SAMPLES: tl.constexpr):
 
 
 @triton.jit
+def _level_map(
+    level,
+    p0, p1, p2, p3, p4, p5, p6, p7,
+    H0, H1, H2, H3, H4, H5, H6, H7,
+    W0, W1, W2, W3, W4, W5, W6, W7,
+    S0, S1, S2, S3, S4, S5, S6, S7,
+    NUM_LEVELS: tl.constexpr,
+    ACC: tl.constexpr,
+):  # fmt: skip
+    """(pointer, H, W, spatial scale) of feature map `level`."""
+    base_ptr = _pick(level, p0, p1, p2, p3, p4, p5, p6, p7, NUM_LEVELS)
+    H = as_int64(_pick(level, H0, H1, H2, H3, H4, H5, H6, H7, NUM_LEVELS))
+    W = as_int64(_pick(level, W0, W1, W2, W3, W4, W5, W6, W7, NUM_LEVELS))
+    scale_bits = as_int64(_pick(level, S0, S1, S2, S3, S4, S5, S6, S7, NUM_LEVELS))
+    scale = scale_bits.to(tl.float64, bitcast=True).to(ACC)
+    return base_ptr, H, W, scale
+
+
+@triton.jit
 def _roi_align_grid(
     rois_ptr,
     k,
@@ -224,6 +243,12 @@ def _within(i, bin, samples, ACC: tl.constexpr):
 
 
 @triton.jit
+def _sample_taps(row, i, bin, samples, size, ACC: tl.constexpr):
+    """_axis_taps of sample i of the bin that starts at `row`."""
+    return _axis_taps(row + _within(i, bin, samples, ACC), size, ACC)
+
+
+@triton.jit
 def _axis_taps(v, size, ACC: tl.constexpr):
     """One dimension of bilinear_taps: (low, high, l, h, inside) of coordinate
     v on an axis of `size` pixels; l = v - low and h = 1 - l after clamping."""
@@ -265,6 +290,33 @@ def roi_lanes(k, blk, C, pooled_h, pooled_w, CHANNELS_LAST: tl.constexpr, BLOCK:
 
 
 @triton.jit
+def roi_block(
+    blocks_per_roi, C, pooled_h, pooled_w, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Program (RoI k, block blk of its outputs): (k, blk) and roi_lanes."""
+    pid = tl.program_id(0)
+    k = pid // blocks_per_roi
+    blk = pid % blocks_per_roi
+    off, valid, c, ph, pw = roi_lanes(k, blk, C, pooled_h, pooled_w, CHANNELS_LAST, BLOCK)
+    return k, blk, off, valid, c, ph, pw
+
+
+@triton.jit
+def channel_lanes(cb, C, bins, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Channel block cb of the ordered kernels: (channels c, c < C, offset of
+    channel c in a RoI's gradient, step between bins)."""
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    if CHANNELS_LAST:
+        channel_at = as_int64(c)
+        bin_stride = C
+    else:
+        channel_at = as_int64(c) * bins
+        bin_stride = tl.full((), 1, tl.int64)
+    return c, c_mask, channel_at, bin_stride
+
+
+@triton.jit
 def plane_base(image, c, C, H, W, CHANNELS_LAST: tl.constexpr):
     """(offset of pixel (0, 0) of channel c of image, step between pixels)."""
     if CHANNELS_LAST:
@@ -287,6 +339,59 @@ def _interpolate(
     v_hl = tl.load(ptr + (y_high * W + x_low) * step, mask=mask, other=0).to(ACC)
     v_hh = tl.load(ptr + (y_high * W + x_high) * step, mask=mask, other=0).to(ACC)
     return ((hy * hx) * v_ll + (hy * lx) * v_lh + (ly * hx) * v_hl) + (ly * lx) * v_hh
+
+
+@triton.jit
+def _bin_program(
+    p0, p1, p2, p3, p4, p5, p6, p7,
+    H0, H1, H2, H3, H4, H5, H6, H7,
+    W0, W1, W2, W3, W4, W5, W6, W7,
+    S0, S1, S2, S3, S4, S5, S6, S7,
+    rois_ptr,
+    levels_ptr,
+    N,
+    C,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    blocks_per_roi,
+    NUM_LEVELS: tl.constexpr,
+    HAS_LEVELS: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The prologue of the per-RoI kernels: (offset of the lanes' outputs,
+    valid, blk, ok, status code, pointer to the lanes' plane of the RoI's
+    level, step, H, W, bin origins row_y and row_x, bin_h, bin_w, samples_y
+    (0 for a bad RoI), samples_x, count)."""
+    k, blk, off, valid, c, ph, pw = roi_block(
+        blocks_per_roi, C, pooled_h, pooled_w, CHANNELS_LAST, BLOCK
+    )
+    C = as_int64(C)
+
+    image, level, ok, code = roi_source(rois_ptr, levels_ptr, k, N, HAS_LEVELS, NUM_LEVELS, ACC)
+    base_ptr, H, W, scale = _level_map(
+        level,
+        p0, p1, p2, p3, p4, p5, p6, p7,
+        H0, H1, H2, H3, H4, H5, H6, H7,
+        W0, W1, W2, W3, W4, W5, W6, W7,
+        S0, S1, S2, S3, S4, S5, S6, S7,
+        NUM_LEVELS, ACC,
+    )  # fmt: skip
+
+    start_y, start_x, bin_h, bin_w, samples_y, samples_x, count = _roi_align_grid(
+        rois_ptr, k, scale, pooled_h, pooled_w, sampling_ratio, ALIGNED, ACC
+    )
+    samples_y = tl.where(ok, samples_y, 0)
+    plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
+    row_y = start_y + ph.to(ACC) * bin_h
+    row_x = start_x + pw.to(ACC) * bin_w
+    return (
+        off, valid, blk, ok, code, base_ptr + plane, step, H, W,
+        row_y, row_x, bin_h, bin_w, samples_y, samples_x, count,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -340,39 +445,28 @@ def _forward_kernel(
     STORE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    k = pid // blocks_per_roi
-    blk = pid % blocks_per_roi
-    out_off, valid, c, ph, pw = roi_lanes(k, blk, C, pooled_h, pooled_w, CHANNELS_LAST, BLOCK)
-    C = as_int64(C)
-
-    image, level, ok, code = roi_source(rois_ptr, levels_ptr, k, N, HAS_LEVELS, NUM_LEVELS, ACC)
+    (
+        out_off, valid, blk, ok, code, plane_ptr, step, H, W,
+        row_y, row_x, bin_h, bin_w, samples_y, samples_x, count,
+    ) = _bin_program(
+        f0, f1, f2, f3, f4, f5, f6, f7,
+        H0, H1, H2, H3, H4, H5, H6, H7,
+        W0, W1, W2, W3, W4, W5, W6, W7,
+        S0, S1, S2, S3, S4, S5, S6, S7,
+        rois_ptr, levels_ptr, N, C, pooled_h, pooled_w, sampling_ratio, blocks_per_roi,
+        NUM_LEVELS, HAS_LEVELS, ALIGNED, CHANNELS_LAST, ACC, BLOCK,
+    )  # fmt: skip
     if (ok == 0) & (blk == 0):
         tl.atomic_min(status_ptr, code)
-    base_ptr = _pick(level, f0, f1, f2, f3, f4, f5, f6, f7, NUM_LEVELS)
-    H = as_int64(_pick(level, H0, H1, H2, H3, H4, H5, H6, H7, NUM_LEVELS))
-    W = as_int64(_pick(level, W0, W1, W2, W3, W4, W5, W6, W7, NUM_LEVELS))
-    scale_bits = as_int64(_pick(level, S0, S1, S2, S3, S4, S5, S6, S7, NUM_LEVELS))
-    scale = scale_bits.to(tl.float64, bitcast=True).to(ACC)
-
-    start_y, start_x, bin_h, bin_w, samples_y, samples_x, count = _roi_align_grid(
-        rois_ptr, k, scale, pooled_h, pooled_w, sampling_ratio, ALIGNED, ACC
-    )
-    samples_y = tl.where(ok, samples_y, 0)
-    plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
-    row_y = start_y + ph.to(ACC) * bin_h
-    row_x = start_x + pw.to(ACC) * bin_w
 
     total = tl.zeros((BLOCK,), ACC)
     for iy in range(samples_y):
-        y = row_y + _within(iy, bin_h, samples_y, ACC)
-        y_low, y_high, ly, hy, inside_y = _axis_taps(y, H, ACC)
+        y_low, y_high, ly, hy, inside_y = _sample_taps(row_y, iy, bin_h, samples_y, H, ACC)
         for ix in range(samples_x):
-            x = row_x + _within(ix, bin_w, samples_x, ACC)
-            x_low, x_high, lx, hx, inside_x = _axis_taps(x, W, ACC)
+            x_low, x_high, lx, hx, inside_x = _sample_taps(row_x, ix, bin_w, samples_x, W, ACC)
             inside = inside_y & inside_x & valid
             value = _interpolate(
-                base_ptr + plane, inside, W, step, y_low, y_high, x_low, x_high, ly, hy, lx, hx, ACC
+                plane_ptr, inside, W, step, y_low, y_high, x_low, x_high, ly, hy, lx, hx, ACC
             )
             total = tl.where(inside, total + value, total)
     result = div_rn(total, count)
@@ -402,37 +496,26 @@ def _backward_atomic_kernel(
     BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Atomic adds of grad * w / count into the float32/float64 buffers g_l."""
-    pid = tl.program_id(0)
-    k = pid // blocks_per_roi
-    blk = pid % blocks_per_roi
-    grad_off, valid, c, ph, pw = roi_lanes(k, blk, C, pooled_h, pooled_w, CHANNELS_LAST, BLOCK)
-    C = as_int64(C)
-
-    image, level, ok, _ = roi_source(rois_ptr, levels_ptr, k, N, HAS_LEVELS, NUM_LEVELS, ACC)
-    base_ptr = _pick(level, g0, g1, g2, g3, g4, g5, g6, g7, NUM_LEVELS)
-    H = as_int64(_pick(level, H0, H1, H2, H3, H4, H5, H6, H7, NUM_LEVELS))
-    W = as_int64(_pick(level, W0, W1, W2, W3, W4, W5, W6, W7, NUM_LEVELS))
-    scale_bits = as_int64(_pick(level, S0, S1, S2, S3, S4, S5, S6, S7, NUM_LEVELS))
-    scale = scale_bits.to(tl.float64, bitcast=True).to(ACC)
-
-    start_y, start_x, bin_h, bin_w, samples_y, samples_x, count = _roi_align_grid(
-        rois_ptr, k, scale, pooled_h, pooled_w, sampling_ratio, ALIGNED, ACC
-    )
-    samples_y = tl.where(ok, samples_y, 0)
-    plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
-    row_y = start_y + ph.to(ACC) * bin_h
-    row_x = start_x + pw.to(ACC) * bin_w
+    (
+        grad_off, valid, _, _, _, plane_ptr, step, H, W,
+        row_y, row_x, bin_h, bin_w, samples_y, samples_x, count,
+    ) = _bin_program(
+        g0, g1, g2, g3, g4, g5, g6, g7,
+        H0, H1, H2, H3, H4, H5, H6, H7,
+        W0, W1, W2, W3, W4, W5, W6, W7,
+        S0, S1, S2, S3, S4, S5, S6, S7,
+        rois_ptr, levels_ptr, N, C, pooled_h, pooled_w, sampling_ratio, blocks_per_roi,
+        NUM_LEVELS, HAS_LEVELS, ALIGNED, CHANNELS_LAST, ACC, BLOCK,
+    )  # fmt: skip
     g = tl.load(grad_ptr + grad_off, mask=valid, other=0).to(ACC)
 
     for iy in range(samples_y):
-        y = row_y + _within(iy, bin_h, samples_y, ACC)
-        y_low, y_high, ly, hy, inside_y = _axis_taps(y, H, ACC)
+        y_low, y_high, ly, hy, inside_y = _sample_taps(row_y, iy, bin_h, samples_y, H, ACC)
         for ix in range(samples_x):
-            x = row_x + _within(ix, bin_w, samples_x, ACC)
-            x_low, x_high, lx, hx, inside_x = _axis_taps(x, W, ACC)
+            x_low, x_high, lx, hx, inside_x = _sample_taps(row_x, ix, bin_w, samples_x, W, ACC)
             inside = inside_y & inside_x & valid
             _scatter_taps(
-                base_ptr + plane, inside, W, step, y_low, y_high, x_low, x_high, ly, hy, lx, hx,
+                plane_ptr, inside, W, step, y_low, y_high, x_low, x_high, ly, hy, lx, hx,
                 g, count, True,
             )  # fmt: skip
 
@@ -467,21 +550,17 @@ def _backward_ordered_kernel(
     image = as_int64(rest % N)
     my_level = rest // N
     C = as_int64(C)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
     bins = pooled_h * pooled_w
-    if CHANNELS_LAST:
-        grad_channel = as_int64(c)
-        bin_stride = C
-    else:
-        grad_channel = as_int64(c) * bins
-        bin_stride = tl.full((), 1, tl.int64)
+    c, c_mask, grad_channel, bin_stride = channel_lanes(cb, C, bins, CHANNELS_LAST, BLOCK_C)
 
-    base_ptr = _pick(my_level, g0, g1, g2, g3, g4, g5, g6, g7, NUM_LEVELS)
-    H = as_int64(_pick(my_level, H0, H1, H2, H3, H4, H5, H6, H7, NUM_LEVELS))
-    W = as_int64(_pick(my_level, W0, W1, W2, W3, W4, W5, W6, W7, NUM_LEVELS))
-    scale_bits = as_int64(_pick(my_level, S0, S1, S2, S3, S4, S5, S6, S7, NUM_LEVELS))
-    scale = scale_bits.to(tl.float64, bitcast=True).to(ACC)
+    base_ptr, H, W, scale = _level_map(
+        my_level,
+        g0, g1, g2, g3, g4, g5, g6, g7,
+        H0, H1, H2, H3, H4, H5, H6, H7,
+        W0, W1, W2, W3, W4, W5, W6, W7,
+        S0, S1, S2, S3, S4, S5, S6, S7,
+        NUM_LEVELS, ACC,
+    )  # fmt: skip
     plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
     acc_ptr = base_ptr + plane
 
@@ -502,11 +581,13 @@ def _backward_ordered_kernel(
                         grad_roi + (ph * pooled_w + pw) * bin_stride, mask=c_mask, other=0
                     ).to(ACC)
                     for iy in range(samples_y):
-                        y = row_y + _within(iy, bin_h, samples_y, ACC)
-                        y_low, y_high, ly, hy, inside_y = _axis_taps(y, H, ACC)
+                        y_low, y_high, ly, hy, inside_y = _sample_taps(
+                            row_y, iy, bin_h, samples_y, H, ACC
+                        )
                         for ix in range(samples_x):
-                            x = row_x + _within(ix, bin_w, samples_x, ACC)
-                            x_low, x_high, lx, hx, inside_x = _axis_taps(x, W, ACC)
+                            x_low, x_high, lx, hx, inside_x = _sample_taps(
+                                row_x, ix, bin_w, samples_x, W, ACC
+                            )
                             if inside_y & inside_x:
                                 _scatter_taps(
                                     acc_ptr, c_mask, W, step, y_low, y_high, x_low, x_high,
@@ -589,6 +670,36 @@ def element_block(per_roi: int) -> tuple[int, int]:
     return block, max(1, block // 64)
 
 
+def roi_element_blocks(op: str, per_roi: int) -> tuple[int, int, int]:
+    """(BLOCK, warps, programs per RoI) of the per-RoI kernels; raises when
+    the RoI's ``per_roi`` elements do not fit int32."""
+    if per_roi >= 2**31:
+        raise RuntimeError(f"{op}: more than 2^31 - 1 output elements per RoI")
+    block, num_warps = element_block(per_roi)
+    return block, num_warps, triton.cdiv(per_roi, block)
+
+
+def ordered_channel_blocks(channels: int) -> tuple[int, int]:
+    """(BLOCK_C, channel blocks) of the ordered (deterministic) backward
+    kernels. Lanes are channels, one warp per program (BLOCK_C >= 32), so
+    that no lane of a program shares an element with another."""
+    block_c = min(128, max(32, triton.next_power_of_2(channels))) if interpreting() else 32
+    return block_c, triton.cdiv(channels, block_c)
+
+
+def zeroed_gradient(
+    grad: torch.Tensor, batch_size: int, channels: int, height: int, width: int, memory_format
+):
+    """The zero ``[N, C, H, W]`` gradient the backward kernels scatter into,
+    in accumulate_dtype (float32 for 16-bit types)."""
+    return torch.empty(
+        (batch_size, channels, height, width),
+        dtype=accumulate_dtype(grad.dtype),
+        device=grad.device,
+        memory_format=memory_format,
+    ).zero_()
+
+
 def _layout(tensors) -> torch.memory_format:
     if all(pooling_memory_format(t) == torch.channels_last for t in tensors):
         return torch.channels_last
@@ -624,11 +735,8 @@ def _forward(
     )
     if k == 0:
         return output
-    per_roi = c * pooled_height * pooled_width
-    if per_roi >= 2**31:
-        raise RuntimeError(f"{op}: more than 2^31 - 1 output elements per RoI")
-    block, num_warps = element_block(per_roi)
-    blocks_per_roi = max(1, triton.cdiv(per_roi, block))
+    block, num_warps, blocks_per_roi = roi_element_blocks(op, c * pooled_height * pooled_width)
+    blocks_per_roi = max(1, blocks_per_roi)
     status = torch.full((1,), NO_BAD_ROI, dtype=torch.int64, device=rois.device)
     _forward_kernel[(k * blocks_per_roi,)](
         *_level_args(features, [f.shape[2] for f in features], [f.shape[3] for f in features], spatial_scales),
@@ -665,14 +773,8 @@ def _backward(
     memory_format = _layout([grad])
     grad = grad.contiguous(memory_format=memory_format)
     acc_dtype = accumulate_dtype(grad.dtype)
-    # The gradients start at zero and are scattered into (in float32 for 16-bit types).
     buffers = [
-        torch.empty(
-            (batch_size, channels, h, w),
-            dtype=acc_dtype,
-            device=grad.device,
-            memory_format=memory_format,
-        ).zero_()
+        zeroed_gradient(grad, batch_size, channels, h, w, memory_format)
         for h, w in zip(heights, widths, strict=True)
     ]
     k = rois.shape[0]
@@ -686,21 +788,16 @@ def _backward(
         rois = rois.contiguous()
         levels = None if levels is None else levels.contiguous()
         if deterministic:
-            # Lanes are channels; one warp per program, so that no lane of the
-            # program shares an element with another (BLOCK_C >= 32).
-            block_c = min(128, max(32, triton.next_power_of_2(channels))) if interpreting() else 32
-            channel_blocks = triton.cdiv(channels, block_c)
+            block_c, channel_blocks = ordered_channel_blocks(channels)
             _backward_ordered_kernel[(len(heights) * batch_size * channel_blocks,)](
                 *level_args, rois, levels, grad,
                 k, batch_size, channels, pooled_height, pooled_width, sampling_ratio, channel_blocks,
                 BLOCK_C=block_c, num_warps=1, num_stages=1, **common,
             )  # fmt: skip
         else:
-            per_roi = channels * pooled_height * pooled_width
-            if per_roi >= 2**31:
-                raise RuntimeError("roi_align backward: more than 2^31 - 1 output elements per RoI")
-            block, num_warps = element_block(per_roi)
-            blocks_per_roi = triton.cdiv(per_roi, block)
+            block, num_warps, blocks_per_roi = roi_element_blocks(
+                "roi_align backward", channels * pooled_height * pooled_width
+            )
             _backward_atomic_kernel[(k * blocks_per_roi,)](
                 *level_args, rois, levels, grad,
                 batch_size, channels, pooled_height, pooled_width, sampling_ratio, blocks_per_roi,

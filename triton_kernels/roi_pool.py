@@ -36,23 +36,25 @@ import triton.language as tl
 
 from fastops._poison import empty_output
 from fastops._pooling import pooling_memory_format
-from fastops.triton_kernels._launch import interpreting
 from fastops.triton_kernels.roi_align import (
     NO_BAD_ROI,
     accumulate_dtype,
     add_to,
     as_int64,
+    channel_lanes,
     compute_dtype,
     div_rn,
-    element_block,
     is_finite,
+    ordered_channel_blocks,
     plane_base,
     raise_bad_roi,
-    roi_lanes,
+    roi_block,
+    roi_element_blocks,
     roi_source,
     scale_bits,
     storage_dtype,
     to_storage,
+    zeroed_gradient,
 )
 
 _SCALAR_ARGS = [
@@ -111,6 +113,33 @@ def _window(p, start, bin, size, ACC: tl.constexpr):
     return begin, end
 
 
+@triton.jit
+def _bin_program(
+    rois_ptr,
+    N,
+    C,
+    H,
+    W,
+    pooled_h,
+    pooled_w,
+    blocks_per_roi,
+    CHANNELS_LAST: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The prologue of the per-RoI kernels: (RoI k, blk, offset of the lanes'
+    outputs, valid, ph, pw, H, W, ok, status code, the lanes' plane, step)."""
+    k, blk, off, valid, c, ph, pw = roi_block(
+        blocks_per_roi, C, pooled_h, pooled_w, CHANNELS_LAST, BLOCK
+    )
+    C = as_int64(C)
+    H = as_int64(H)
+    W = as_int64(W)
+    image, _, ok, code = roi_source(rois_ptr, None, k, N, False, 1, ACC)
+    plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
+    return k, blk, off, valid, ph, pw, H, W, ok, code, plane, step
+
+
 @triton.jit(do_not_specialize=_SCALAR_ARGS)
 def _forward_kernel(
     input_ptr,
@@ -131,16 +160,10 @@ def _forward_kernel(
     STORE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    k = pid // blocks_per_roi
-    blk = pid % blocks_per_roi
-    out_off, valid, c, ph, pw = roi_lanes(k, blk, C, pooled_h, pooled_w, CHANNELS_LAST, BLOCK)
-    C = as_int64(C)
-    H = as_int64(H)
-    W = as_int64(W)
+    k, blk, out_off, valid, ph, pw, H, W, ok, code, plane, step = _bin_program(
+        rois_ptr, N, C, H, W, pooled_h, pooled_w, blocks_per_roi, CHANNELS_LAST, ACC, BLOCK
+    )
     scale = as_int64(scale).to(tl.float64, bitcast=True).to(ACC)
-
-    image, _, ok, code = roi_source(rois_ptr, None, k, N, False, 1, ACC)
     if (ok == 0) & (blk == 0):
         tl.atomic_min(status_ptr, code)
     start_h, start_w, bin_h, bin_w, finite = _roi_pool_grid(
@@ -152,7 +175,6 @@ def _forward_kernel(
     rows = tl.max(tl.where(valid, tl.maximum(h_end - h_begin, 0), 0), axis=0)
     cols = tl.max(tl.where(valid, tl.maximum(w_end - w_begin, 0), 0), axis=0)
     rows = tl.where(ok & finite, rows, 0)
-    plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
 
     best = tl.zeros((BLOCK,), ACC)
     best_at = tl.full((BLOCK,), -1, tl.int64)
@@ -191,19 +213,13 @@ def _backward_atomic_kernel(
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    k = pid // blocks_per_roi
-    blk = pid % blocks_per_roi
-    off, valid, c, _, _ = roi_lanes(k, blk, C, pooled_h, pooled_w, CHANNELS_LAST, BLOCK)
-    C = as_int64(C)
-    H = as_int64(H)
-    W = as_int64(W)
-    image, _, ok, _ = roi_source(rois_ptr, None, k, N, False, 1, ACC)
+    _, _, off, valid, _, _, H, W, ok, _, plane, step = _bin_program(
+        rois_ptr, N, C, H, W, pooled_h, pooled_w, blocks_per_roi, CHANNELS_LAST, ACC, BLOCK
+    )
     if ok:
         position = tl.load(argmax_ptr + off, mask=valid, other=-1).to(tl.int64)
         g = tl.load(grad_ptr + off, mask=valid, other=0).to(ACC)
         hit = valid & (position >= 0) & (position < H * W)
-        plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
         add_to(acc_ptr + plane + position * step, g, hit, True)
 
 
@@ -232,15 +248,8 @@ def _backward_ordered_kernel(
     C = as_int64(C)
     H = as_int64(H)
     W = as_int64(W)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
     bins = as_int64(pooled_h) * pooled_w
-    if CHANNELS_LAST:
-        channel_at = as_int64(c)
-        bin_stride = C
-    else:
-        channel_at = as_int64(c) * bins
-        bin_stride = tl.full((), 1, tl.int64)
+    c, c_mask, channel_at, bin_stride = channel_lanes(cb, C, bins, CHANNELS_LAST, BLOCK_C)
     plane, step = plane_base(image, c, C, H, W, CHANNELS_LAST)
     for k in range(K):
         roi_image, _, ok, _ = roi_source(rois_ptr, None, k, N, False, 1, ACC)
@@ -280,11 +289,10 @@ def roi_pool(
     )
     if k == 0:
         return output, argmax
-    per_roi = c * pooled_height * pooled_width
-    if per_roi >= 2**31:
-        raise RuntimeError("roi_pool: more than 2^31 - 1 output elements per RoI")
-    block, num_warps = element_block(per_roi)
-    blocks_per_roi = max(1, triton.cdiv(per_roi, block))
+    block, num_warps, blocks_per_roi = roi_element_blocks(
+        "roi_pool", c * pooled_height * pooled_width
+    )
+    blocks_per_roi = max(1, blocks_per_roi)
     status = torch.full((1,), NO_BAD_ROI, dtype=torch.int64, device=rois.device)
     _forward_kernel[(k * blocks_per_roi,)](
         input, rois.contiguous(), output, argmax, status,
@@ -315,13 +323,7 @@ def roi_pool_backward(
     grad = grad.contiguous(memory_format=memory_format)
     argmax = argmax.contiguous(memory_format=memory_format)
     acc_dtype = accumulate_dtype(grad.dtype)
-    # The gradient starts at zero and is scattered into (in float32 for 16-bit types).
-    buffer = torch.empty(
-        (batch_size, channels, height, width),
-        dtype=acc_dtype,
-        device=grad.device,
-        memory_format=memory_format,
-    ).zero_()
+    buffer = zeroed_gradient(grad, batch_size, channels, height, width, memory_format)
     k = rois.shape[0]
     if k and channels and batch_size and height * width:
         common = dict(
@@ -331,21 +333,16 @@ def roi_pool_backward(
         )
         rois = rois.contiguous()
         if deterministic:
-            # Lanes are channels, one warp per program (BLOCK_C >= 32): no lane
-            # shares an element with another.
-            block_c = min(128, max(32, triton.next_power_of_2(channels))) if interpreting() else 32
-            channel_blocks = triton.cdiv(channels, block_c)
+            block_c, channel_blocks = ordered_channel_blocks(channels)
             _backward_ordered_kernel[(batch_size * channel_blocks,)](
                 buffer, grad, argmax, rois,
                 k, batch_size, channels, height, width, pooled_height, pooled_width, channel_blocks,
                 BLOCK_C=block_c, num_warps=1, num_stages=1, **common,
             )  # fmt: skip
         else:
-            per_roi = channels * pooled_height * pooled_width
-            if per_roi >= 2**31:
-                raise RuntimeError("roi_pool backward: more than 2^31 - 1 output elements per RoI")
-            block, num_warps = element_block(per_roi)
-            blocks_per_roi = triton.cdiv(per_roi, block)
+            block, num_warps, blocks_per_roi = roi_element_blocks(
+                "roi_pool backward", channels * pooled_height * pooled_width
+            )
             _backward_atomic_kernel[(k * blocks_per_roi,)](
                 buffer, grad, argmax, rois,
                 batch_size, channels, height, width, pooled_height, pooled_width, blocks_per_roi,

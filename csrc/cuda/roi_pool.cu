@@ -54,28 +54,12 @@
 namespace fastops {
 namespace {
 
-using cuda::DeviceStatus;
-using cuda::Index4;
-using cuda::kThreadsPerBlock;
-using cuda::load_acc;
-using cuda::widen_span;
+using cuda::DeviceStatus, cuda::Index4, cuda::kThreadsPerBlock, cuda::load_acc, cuda::widen_span;
+// The geometry of the deterministic gather (roi_common.cuh).
+using cuda::kBatch, cuda::kGatherLaneChannels, cuda::kPixelChannels, cuda::kTileChannelsFirst,
+    cuda::kTileChannelsLast, cuda::kWarpSize, cuda::kWarpsPerBlock;
 
-constexpr int kWarpSize = 32;
-constexpr int kWarpsPerBlock = kThreadsPerBlock / kWarpSize;
 constexpr uint32_t kBadBatchIndex = 1;
-
-// Deterministic backward: RoIs held in shared memory per round.
-constexpr int kBatch = 64;
-// Channels-first: 16 x 16 pixel tiles, one pixel and kPixelChannels channels per thread.
-constexpr int kTileChannelsFirst = 16;
-constexpr int kPixelChannels = 8;
-// Channels-last: 8 x 8 pixel tiles, a warp per tile row, lanes across
-// 32 * kGatherLaneChannels consecutive channels.
-constexpr int kTileChannelsLast = 8;
-constexpr int kGatherLaneChannels = 2;
-static_assert(kTileChannelsFirst * kTileChannelsFirst == kThreadsPerBlock, "one pixel per thread");
-static_assert(kTileChannelsLast == kWarpsPerBlock, "one tile row per warp");
-static_assert(kBatch == 2 * kWarpSize, "the RoI list is compacted with the ballots of two warps");
 
 struct RoiPoolShape {
   int64_t num_rois;
@@ -214,19 +198,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
         }
       }
     }
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-      bounds[0] = min(bounds[0], __shfl_xor_sync(0xffffffffu, bounds[0], offset));
-      bounds[1] = max(bounds[1], __shfl_xor_sync(0xffffffffu, bounds[1], offset));
-      bounds[2] = min(bounds[2], __shfl_xor_sync(0xffffffffu, bounds[2], offset));
-      bounds[3] = max(bounds[3], __shfl_xor_sync(0xffffffffu, bounds[3], offset));
-    }
-    if (lane == 0) {
-      group_of[k] = b >= 0 ? b : s.batch_size;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        footprint[k * 4 + i] = bounds[i];
-      }
-    }
+    cuda::store_footprint(bounds, lane, k, b >= 0 ? b : s.batch_size, group_of, footprint);
   }
 }
 
@@ -291,13 +263,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       constexpr int kPixels = kChannelsLast ? kTile : 1;
       constexpr int kChannels = kChannelsLast ? kGatherLaneChannels : kPixelChannels;
       acc_t sum[kPixels][kChannels];
-#pragma unroll
-      for (int q = 0; q < kPixels; ++q) {
-#pragma unroll
-        for (int v = 0; v < kChannels; ++v) {
-          sum[q][v] = 0;
-        }
-      }
+      cuda::zero_sums(sum);
       bool touched = false;
       int64_t next = begin;
       do {
@@ -305,52 +271,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
           next = end;
         } else {
           // Collect the next RoIs that meet the tile, in ascending order.
-          __syncthreads();  // the previous round's readers of the list are done
-          const bool from_start = next == begin;
-          int filled = 0;
-          while (filled < kBatch && next < end) {
-            const int want = static_cast<int>(min(int64_t{kBatch - filled}, end - next));
-            bool hit = false;
-            int64_t k = 0;
-            if (static_cast<int>(threadIdx.x) < want) {
-              k = order[next + threadIdx.x];
-              const int64_t* f = footprint + k * 4;
-              hit = f[0] <= tile_y_last && f[1] >= tile_y && f[2] <= tile_x_last && f[3] >= tile_x;
-            }
-            if (threadIdx.x < kBatch) {
-              const unsigned mask = __ballot_sync(0xffffffffu, hit);
-              if (lane == 0) {
-                sh.hit_mask[warp] = mask;
-              }
-            }
-            __syncthreads();
-            const unsigned first_mask = sh.hit_mask[0], second_mask = sh.hit_mask[1];
-            if (hit) {
-              const unsigned mine = warp == 0 ? first_mask : second_mask;
-              const int position =
-                  filled + (warp == 0 ? 0 : __popc(first_mask)) + __popc(mine & ((1u << lane) - 1u));
-              sh.roi[position] = k;
-            }
-            filled += __popc(first_mask) + __popc(second_mask);
-            next += want;
-            __syncthreads();  // hit_mask is rewritten by the next round; roi[] is read below
-          }
-          list_size = filled;
-          if (from_start && next == end) {
-            list_is_complete = true;  // one round held them all: later chunks reuse the list
-          }
+          cuda::collect_rois(sh, order, footprint, begin, end, next, tile_y, tile_y_last, tile_x, tile_x_last,
+                             list_size, list_is_complete);
           // Spans: a warp per RoI, lanes across its bin rows and columns.
-          for (int j = warp; j < filled; j += kWarpsPerBlock) {
+          for (int j = warp; j < list_size; j += kWarpsPerBlock) {
             const int64_t k = sh.roi[j];
             const RoiPoolGrid<acc_t> grid = roi_pool_grid<acc_t>(rois + k * 5 + 1, spatial_scale, pooled_h, pooled_w);
-            if (lane == 0) {
-              sh.col_union[j] = make_int2(INT_MAX, -1);
-            }
-            for (int q = lane; q < kTile; q += kWarpSize) {
-              sh.row_span[j][q] = make_int2(INT_MAX, -1);
-              sh.col_span[j][q] = make_int2(INT_MAX, -1);
-            }
-            __syncwarp();
+            cuda::clear_spans<kTile>(sh, j, lane);
             // The host checked pooled sizes below 2^31.
             for (int64_t ph = lane; ph < pooled_h; ph += kWarpSize) {
               const RoiPoolWindow w = roi_pool_window(grid, ph, 0, height, width);
@@ -433,36 +360,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       if (!touched) {
         continue;  // block-uniform: no RoI met the tile, its gradient stays zero
       }
-      if constexpr (!kChannelsLast) {
-        const int row = static_cast<int>(threadIdx.x) / kTile, col = static_cast<int>(threadIdx.x) % kTile;
-        const int64_t py = tile_y + row, px = tile_x + col;
-        const int64_t c_first = chunk * kChunk;
-        if (py < height && px < width) {
-#pragma unroll
-          for (int v = 0; v < kChannels; ++v) {
-            if (c_first + v < channels) {
-              grad_input[((b * channels + c_first + v) * height + py) * width + px] = static_cast<scalar_t>(sum[0][v]);
-            }
-          }
-        }
-      } else {
-        const int64_t py = tile_y + warp;
-        const int64_t c0 = chunk * kChunk + lane;
-        if (py < height) {
-#pragma unroll
-          for (int q = 0; q < kPixels; ++q) {
-            if (tile_x + q < width) {
-              scalar_t* pixel = grad_input + ((b * height + py) * width + tile_x + q) * channels + c0;
-#pragma unroll
-              for (int v = 0; v < kChannels; ++v) {
-                if (c0 + v * kWarpSize < channels) {
-                  pixel[v * kWarpSize] = static_cast<scalar_t>(sum[q][v]);
-                }
-              }
-            }
-          }
-        }
-      }
+      cuda::store_sums<kChannelsLast, kTile, kChunk>(sum, grad_input, b, chunk, channels, height, width, tile_y,
+                                                     tile_x);
     }
     __syncthreads();  // the next task overwrites the list
   }
