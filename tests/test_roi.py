@@ -278,6 +278,29 @@ def test_gpu_forward_and_deterministic_backward_equal_the_cpu_bitwise(
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    ("device", "backend"), [c for c in BACKEND_CASES if c.values[1] != "reference"]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deterministic_backward_is_the_same_in_both_layouts(device, backend, dtype):
+    """The fixed summation order does not depend on the memory layout."""
+    x = feature_map(2, 6 if backend == "triton" else 37, 13, 11, dtype, device)
+    rois = random_rois(6 if backend == "triton" else 120, 2, 13, 11, 0.5, dtype).to(device)
+    grad = torch.randn(rois.shape[0], x.shape[1], 3, 2, dtype=dtype, device=device)
+    grads = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            xd = x.contiguous(memory_format=memory_format).requires_grad_()
+            with fastops.use_backend(backend):
+                out = roi_align(xd, rois, (3, 2), 0.5, 0, True)
+                grads.append(torch.autograd.grad(out, xd, grad)[0])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert grads[1].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(grads[0], grads[1])
+
+
 # --- edge cases ---------------------------------------------------------------------------------
 
 
