@@ -307,8 +307,8 @@ inline void add_tap_gradient(acc_t* __restrict__ a, const scalar_t* __restrict__
 // Channels-last backward: a task owns rows [row_begin, row_end) of one
 // (level, image) for every channel, so each tap is a vectorised pass over the
 // contiguous channels of a pixel, and a task's writes stay within its band
-// (splitting by channels instead touched 64 bytes of every pixel, a TLB miss
-// each). Each corner of a tap is added for all channels before the next
+// (splitting by channels instead touched 64 bytes of every pixel, and ran 3x
+// slower; bench/NOTES.md). Each corner of a tap is added for all channels before the next
 // corner, so every (pixel, channel) still receives its terms in the order RoI,
 // bin, sample, tap ll, lh, hl, hh.
 template <typename scalar_t>
