@@ -25,6 +25,15 @@ def pooling_memory_format(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def roi_memory_format(features) -> torch.memory_format:
+    """The layout the RoI kernels compute in and return: channels-last when
+    every feature map is (pooling_memory_format), otherwise contiguous. The C++
+    kernels apply the same rule (csrc/ops/roi_ops.cpp)."""
+    if all(pooling_memory_format(f) == torch.channels_last for f in features):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
     """Output length of max-pooling along one dimension, as ATen's pooling_output_shape."""
     numerator = size + 2 * padding - (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from fastops._poison import empty_output
 from fastops._pooling import pool_output_size, pooling_memory_format
-from fastops.triton_kernels._launch import block_size
+from fastops.triton_kernels._launch import block_size, compute_dtype
 from fastops.triton_kernels._pooling_window import (
     PoolWindows,
     covering_range,
@@ -154,12 +154,6 @@ def _backward_kernel(
     tl.store(grad_input_ptr + e, total_grad.to(grad_input_ptr.dtype.element_ty), mask=in_bounds)
 
 
-def _compute_dtype(dtype: torch.dtype):
-    # float64 data computes in float64; float16/bfloat16 are only loaded and
-    # compared in float32 (exact), which the interpreter also gets right.
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def max_pool_with_offsets_forward(
     input: torch.Tensor,
     kernel_size: list[int],
@@ -206,7 +200,7 @@ def max_pool_with_offsets_forward(
         K1=g.kernel[1],
         K2=g.kernel[2],
         CHANNELS_LAST=memory_format != torch.contiguous_format,
-        COMPUTE_DTYPE=_compute_dtype(input.dtype),
+        COMPUTE_DTYPE=compute_dtype(input.dtype),
         BLOCK=block,
     )
     return values, offsets
@@ -248,7 +242,7 @@ def max_pool_with_offsets_backward(
         SPAN0=span[0],
         SPAN1=span[1],
         SPAN2=span[2],
-        COMPUTE_DTYPE=_compute_dtype(grad_output.dtype),
+        COMPUTE_DTYPE=compute_dtype(grad_output.dtype),
         BLOCK=block,
     )
     return grad_input

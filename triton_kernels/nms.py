@@ -19,17 +19,9 @@ import triton
 import triton.language as tl
 
 from fastops._poison import empty_output
-from fastops.triton_kernels._launch import interpreting
+from fastops.triton_kernels._launch import accumulate_dtype, compute_dtype, interpreting
 
 _BOXES_PER_BLOCK = 64
-
-
-def _accumulate(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _compute_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.jit
@@ -176,10 +168,12 @@ def nms_sorted(
         # Last column block holding the class of each row block's last box.
         last_rows = torch.clamp(torch.arange(col_blocks, device=boxes.device) * 64 + 63, max=n - 1)
         col_end = (torch.searchsorted(classes, classes[last_rows], right=True) - 1) // 64
-    threshold = torch.tensor([iou_threshold], dtype=_accumulate(boxes.dtype), device=boxes.device)
+    threshold = torch.tensor(
+        [iou_threshold], dtype=accumulate_dtype(boxes.dtype), device=boxes.device
+    )
     _mask_kernel[(col_blocks, col_blocks)](
         boxes, classes, col_end, mask, threshold, n, col_blocks,
-        HAS_CLASSES=classes is not None, COMPUTE_DTYPE=_compute_dtype(boxes.dtype), enable_fp_fusion=False,
+        HAS_CLASSES=classes is not None, COMPUTE_DTYPE=compute_dtype(boxes.dtype), enable_fp_fusion=False,
     )  # fmt: skip
     removed = torch.zeros(col_blocks, dtype=torch.int64, device=boxes.device)
     positions = torch.full((max_output,), -1, dtype=torch.int64, device=boxes.device)
@@ -319,7 +313,7 @@ def soft_nms(
     n = boxes.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0)
-    acc = _accumulate(boxes.dtype)
+    acc = accumulate_dtype(boxes.dtype)
     score = scores.to(acc).contiguous().clone()
     params = torch.tensor([iou_threshold, sigma, score_threshold], dtype=acc, device=boxes.device)
     alive = torch.ones(n, dtype=torch.uint8, device=boxes.device)
@@ -328,7 +322,7 @@ def soft_nms(
     count = torch.zeros((), dtype=torch.int64, device=boxes.device)
     _soft_nms_kernel[(1,)](
         boxes.contiguous(), score, alive, kept, kept_score, count, params, n,
-        LINEAR=method == 1, COMPUTE_DTYPE=_compute_dtype(boxes.dtype), BLOCK=min(1024, triton.next_power_of_2(n)),
+        LINEAR=method == 1, COMPUTE_DTYPE=compute_dtype(boxes.dtype), BLOCK=min(1024, triton.next_power_of_2(n)),
         enable_fp_fusion=False,
     )  # fmt: skip
     k = int(count)
@@ -369,6 +363,6 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     block_n, block_m = (128, 128) if interpreting() else (32, 64)
     _box_iou_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
         boxes1.contiguous(), boxes2.contiguous(), out, n, m,
-        COMPUTE_DTYPE=_compute_dtype(boxes1.dtype), BLOCK_N=block_n, BLOCK_M=block_m, enable_fp_fusion=False,
+        COMPUTE_DTYPE=compute_dtype(boxes1.dtype), BLOCK_N=block_n, BLOCK_M=block_m, enable_fp_fusion=False,
     )  # fmt: skip
     return out

@@ -51,8 +51,8 @@ import triton
 import triton.language as tl
 
 from fastops._poison import empty_output
-from fastops._pooling import pooling_memory_format
-from fastops.triton_kernels._launch import interpreting
+from fastops._pooling import roi_memory_format
+from fastops.triton_kernels._launch import accumulate_dtype, compute_dtype, interpreting
 
 MAX_LEVELS = 8
 _MAX_ADAPTIVE_SAMPLES = tl.constexpr(512)  # kMaxAdaptiveSamples
@@ -600,14 +600,6 @@ def _backward_ordered_kernel(
 # ----------------------------------------------------------------------------
 
 
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def compute_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 _STORAGE_DTYPES = {
     torch.float16: tl.float16,
     torch.bfloat16: tl.bfloat16,
@@ -700,12 +692,6 @@ def zeroed_gradient(
     ).zero_()
 
 
-def _layout(tensors) -> torch.memory_format:
-    if all(pooling_memory_format(t) == torch.channels_last for t in tensors):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _check_levels(num_levels: int) -> None:
     if not 1 <= num_levels <= MAX_LEVELS:
         raise ValueError(f"between 1 and {MAX_LEVELS} feature maps, got {num_levels}")
@@ -723,7 +709,7 @@ def _forward(
     aligned: bool,
 ) -> torch.Tensor:
     _check_levels(len(features))
-    memory_format = _layout(features)
+    memory_format = roi_memory_format(features)
     features = [f.contiguous(memory_format=memory_format) for f in features]
     n, c = features[0].shape[:2]
     k = rois.shape[0]
@@ -770,7 +756,7 @@ def _backward(
     deterministic: bool,
 ) -> list[torch.Tensor]:
     _check_levels(len(heights))
-    memory_format = _layout([grad])
+    memory_format = roi_memory_format([grad])
     grad = grad.contiguous(memory_format=memory_format)
     acc_dtype = accumulate_dtype(grad.dtype)
     buffers = [

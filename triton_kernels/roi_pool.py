@@ -36,13 +36,12 @@ import triton.language as tl
 
 from fastops._poison import empty_output
 from fastops._pooling import pooling_memory_format
+from fastops.triton_kernels._launch import accumulate_dtype, compute_dtype
 from fastops.triton_kernels.roi_align import (
     NO_BAD_ROI,
-    accumulate_dtype,
     add_to,
     as_int64,
     channel_lanes,
-    compute_dtype,
     div_rn,
     is_finite,
     ordered_channel_blocks,

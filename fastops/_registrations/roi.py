@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from fastops import _library
-from fastops._pooling import pooling_memory_format
+from fastops._pooling import roi_memory_format
 
 _SCHEMAS = {
     "roi_align": (
@@ -45,14 +45,6 @@ _SCHEMAS = {
         "bool deterministic) -> Tensor"
     ),
 }
-
-
-def roi_memory_format(features) -> torch.memory_format:
-    """The layout the RoI kernels compute in: channels-last when every feature
-    map is (csrc/ops/roi_ops.h)."""
-    if all(pooling_memory_format(f) == torch.channels_last for f in features):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _empty(shape, like: torch.Tensor, memory_format, dtype=None) -> torch.Tensor:

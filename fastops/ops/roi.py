@@ -101,9 +101,9 @@ def _as_rois(input: torch.Tensor, boxes, api: str) -> torch.Tensor:
 
 
 def _check_batch_indices(rois: torch.Tensor, batch_size: int, api: str) -> None:
-    """Raises when a batch index is outside [0, N) (after truncation toward zero).
-    Reads the rois: run only where that costs no device synchronisation (CPU)
-    or nothing else checks (the reference backend); skipped while compiling."""
+    """Raises when a batch index is outside [0, N) (after truncation toward zero),
+    for the reference backend; the C++ and Triton ops check in their kernels.
+    Skipped while compiling (a data-dependent branch)."""
     if torch.compiler.is_compiling() or rois.shape[0] == 0:
         return
     batch = rois[:, 0]
@@ -154,9 +154,8 @@ def roi_align(
     if not isinstance(aligned, bool):
         raise TypeError(f"{api}: aligned must be a bool, got {aligned!r}")
     backend = backends.select("roi_align", input.device)
-    if backend == "reference" or input.device.type == "cpu":
-        _check_batch_indices(rois, input.shape[0], api)
     if backend == "reference":
+        _check_batch_indices(rois, input.shape[0], api)
         return reference.roi_align(
             input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
         )
@@ -187,9 +186,8 @@ def roi_pool(
             f"{api}: input planes of more than 2^31 - 1 elements do not fit the int32 argmax"
         )
     backend = backends.select("roi_pool", input.device)
-    if backend == "reference" or input.device.type == "cpu":
-        _check_batch_indices(rois, input.shape[0], api)
     if backend == "reference":
+        _check_batch_indices(rois, input.shape[0], api)
         return reference.roi_pool(input, rois, spatial_scale, pooled_h, pooled_w)[0]
     return _op("roi_pool", backend)(input, rois, spatial_scale, pooled_h, pooled_w)[0]
 

@@ -13,20 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from fastops._pooling import pooling_memory_format
+from fastops._pooling import roi_memory_format
+from fastops.reference.nms import compute_dtype
 
 MAX_ADAPTIVE_SAMPLES = 512
-
-
-def _layout(features) -> torch.memory_format:
-    """Channels-last when every feature map is (the kernels' rule)."""
-    if all(pooling_memory_format(f) == torch.channels_last for f in features):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _batch_index(rois: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +77,7 @@ def roi_align(
 ) -> torch.Tensor:
     """RoI Align (He et al., Mask R-CNN, 2017) as torchvision computes it:
     ``[K, C, pooled_height, pooled_width]`` in the dtype of ``input``."""
-    acc = _compute_dtype(input.dtype)
+    acc = compute_dtype(input.dtype)
     features = input.to(acc)
     boxes = rois.to(acc)
     n, c, height, width = features.shape
@@ -117,7 +107,7 @@ def roi_align(
         # Zeros that stay connected to the graph, so that the gradient is zeros.
         zeros = input.sum(dim=(0, 2, 3)).mul(0)[None, :, None, None]
         return zeros.expand(k, c, pooled_height, pooled_width).contiguous(
-            memory_format=_layout([input])
+            memory_format=roi_memory_format([input])
         )
     max_y, max_x = int(samples_y.max()), int(samples_x.max())
     y, mask_y = _sample_grid(start_y, bin_h, samples_y, pooled_height, max(max_y, 1))
@@ -129,7 +119,7 @@ def roi_align(
     total = torch.where(keep, value, 0).sum(dim=(2, 4))  # [K, ph, pw, C]
     output = (total / count[:, None, None, None]).permute(0, 3, 1, 2)
     output = torch.where(valid[:, None, None, None], output, 0)
-    return output.to(input.dtype).contiguous(memory_format=_layout([input]))
+    return output.to(input.dtype).contiguous(memory_format=roi_memory_format([input]))
 
 
 def multi_scale_roi_align(
@@ -155,7 +145,7 @@ def multi_scale_roi_align(
             if output is None
             else torch.where(chosen, on_level, output)
         )
-    return output.contiguous(memory_format=_layout(features))
+    return output.contiguous(memory_format=roi_memory_format(features))
 
 
 def roi_pool(
@@ -169,7 +159,7 @@ def roi_pool(
     ``(output [K, C, ph, pw], argmax int32)``, argmax ``h * W + w`` or -1 for an
     empty bin (output 0). The maximum is the first largest value in raster
     order; a NaN wins."""
-    acc = _compute_dtype(input.dtype)
+    acc = compute_dtype(input.dtype)
     features = input.to(acc)
     boxes = rois.to(acc)
     n, c, height, width = features.shape
@@ -228,5 +218,5 @@ def roi_pool(
     )[:, None]
     output = torch.where(empty, 0, best).to(input.dtype)
     argmax = torch.where(empty, -1, row * width + col).to(torch.int32)
-    layout = _layout([input])
+    layout = roi_memory_format([input])
     return output.contiguous(memory_format=layout), argmax.contiguous(memory_format=layout)
