@@ -39,6 +39,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 # Fake kernels, autograd formulas and the Triton ops, one module per op family.
+from fastops._registrations import conv_transpose as _conv_transpose_registrations  # noqa: E402, F401
 from fastops._registrations import nms as _nms_registrations  # noqa: E402, F401
 from fastops._registrations import roi as _roi_registrations  # noqa: E402, F401
 from fastops._registrations import unpooling as _unpooling_registrations  # noqa: E402, F401

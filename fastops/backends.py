@@ -49,6 +49,7 @@ OPERATORS: tuple[str, ...] = (
     "roi_align",
     "multi_scale_roi_align",
     "roi_pool",
+    "conv_transpose",
 )
 
 _AUTO_TABLE_PATH = Path(__file__).with_name("auto_backends.json")

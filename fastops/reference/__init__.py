@@ -4,6 +4,7 @@ They define what every other backend must compute (the tests compare against
 them) and are the ``reference`` backend, which runs wherever PyTorch runs.
 """
 
+from fastops.reference.conv_transpose import conv_transpose
 from fastops.reference.max_unpool import max_pool_with_offsets, max_unpool
 from fastops.reference.nms import batched_nms, box_iou, nms, nms_padded, soft_nms
 from fastops.reference.roi import multi_scale_roi_align, roi_align, roi_pool
@@ -11,6 +12,7 @@ from fastops.reference.roi import multi_scale_roi_align, roi_align, roi_pool
 __all__ = [
     "batched_nms",
     "box_iou",
+    "conv_transpose",
     "max_pool_with_offsets",
     "max_unpool",
     "multi_scale_roi_align",
