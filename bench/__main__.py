@@ -26,7 +26,7 @@ import fastops
 from bench.cases import Case, on_backend
 from bench.timing import copy_bandwidth_gbps, time_cpu, time_cuda, time_cuda_graph
 
-FAMILIES = ["unpooling", "nms", "roi"]
+FAMILIES = ["unpooling", "nms", "roi", "conv_transpose"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -71,7 +71,9 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
     three rounds, and each keeps its best round: this machine's speed drifts
     (other tenants, frequency), and interleaving keeps a drift from favouring
     whichever ran at the better moment."""
-    calls = {"reference": case.reference} | {b: on_backend(b, case.run) for b in backends}
+    references = case.references or {"": case.reference}
+    calls = {("reference", name): fn for name, fn in references.items()}
+    calls |= {b: on_backend(b, case.run) for b in backends}
     if device.type == "cuda":
         runs = 30 if quick else 100
         times = {name: time_cuda(fn, runs=runs).median_ms for name, fn in calls.items()}
@@ -82,6 +84,8 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
         for _ in range(rounds):
             for name, fn in calls.items():
                 times[name] = min(times[name], time_cpu(fn, min_run_time=min_run_time).median_ms)
+    reference_times = {key[1]: t for key, t in times.items() if isinstance(key, tuple)}
+    fastest_reference = min(reference_times, key=reference_times.get)
     row = {
         "family": case.family,
         "op": case.op,
@@ -91,8 +95,9 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
         "direction": case.direction,
         "variant": case.variant,
         "min_bytes": case.min_bytes,
-        "reference_name": case.reference_name,
-        "reference_ms": times["reference"],
+        "reference_name": case.reference_name
+        + (f" [{fastest_reference} faster]" if fastest_reference else ""),
+        "reference_ms": reference_times[fastest_reference],
         "fastops_ms": {b: times[b] for b in backends},
     }
     if device.type == "cuda" and case.graph:
@@ -107,6 +112,11 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
     row["speedup"] = row["reference_ms"] / best
     # Ops without a byte floor (compute- or latency-bound) have min_bytes 0.
     row["fastops_gbps"] = case.min_bytes / (best * 1e-3) / 1e9 if case.min_bytes else None
+    row["flops"] = case.flops
+    row["fastops_tflops"] = case.flops / (best * 1e-3) / 1e12 if case.flops else None
+    row["reference_tflops"] = (
+        case.flops / (row["reference_ms"] * 1e-3) / 1e12 if case.flops else None
+    )
     return row
 
 
@@ -115,6 +125,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         {b for r in rows for b in r["fastops_ms"]}, key=["cuda", "triton", "cpu"].index
     )
     graphs = any("reference_graph_ms" in r for r in rows)
+    flops = any(r.get("fastops_tflops") for r in rows)
     lines = [
         f"# fastops benchmarks on {meta['device']}",
         "",
@@ -136,6 +147,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "reference ms",
     ]
     header += [f"{b} ms" for b in backends] + ["speedup", "GB/s", "% of copy"]
+    if flops:
+        header += ["TFLOP/s", "reference TFLOP/s"]
     if graphs:
         header += ["reference graph ms"] + [f"{b} graph ms" for b in backends]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -162,6 +175,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             ]
         else:
             cells += ["", ""]
+        if flops:
+            cells += (
+                [f"{r['fastops_tflops']:.3f}", f"{r['reference_tflops']:.3f}"]
+                if r.get("fastops_tflops")
+                else ["", ""]
+            )
         if graphs:
             graph_ms = r.get("fastops_graph_ms", {})
             reference_graph = r.get("reference_graph_ms")
@@ -173,7 +192,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "reference ms: the implementation replaced (PyTorch or torchvision, named per row in the JSON); "
         "int8-offset rows compare against "
         "it with int64 indices. speedup: reference / the fastest fastops backend. GB/s: minimal bytes / fastops time "
-        "(empty for operators bound by compute or latency, such as NMS).",
+        "(empty for operators bound by compute or latency, such as NMS). TFLOP/s: useful floating-point "
+        "operations / time, for compute-bound operators (conv_transpose). A reference named with "
+        "'[layout faster]' was timed in several layouts and the fastest counts.",
     ]
     return "\n".join(lines) + "\n"
 

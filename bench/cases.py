@@ -1,6 +1,7 @@
 """What a benchmark case is: one operator call on one shape, the PyTorch
 implementation it replaces, the fastops backends that run it, and the bytes it
-must move at the least (the floor: bytes / device copy bandwidth)."""
+must move at the least (the floor: bytes / device copy bandwidth) and, for
+compute-bound operators, the useful floating-point operations it performs."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class Case:
         repr=False, default=None
     )  # the fastops call, on the active backend
     graph: bool = False  # also time inside a CUDA graph (small, launch-bound calls)
+    flops: int = 0  # useful floating-point operations, for compute-bound ops (0: not counted)
+    # Several forms of the reference (e.g. per memory layout): each is timed and the
+    # fastest counts as the reference; None: `reference` alone.
+    references: dict[str, Callable[[], object]] | None = field(repr=False, default=None)
 
 
 def on_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:

@@ -219,6 +219,65 @@ def test_half_precision_within_the_error_of_the_dtype(device, backend, dtype):
             assert (got.double() - want).abs().max() <= 4 * torch.finfo(dtype).eps * scale, shape[0]
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 256, 128, 25, 2, 2, 0, 0), (2, 96, 64, 17, 3, 2, 1, 1), (3, 64, 48, 9, 4, 2, 1, 0)],
+    ids=["k2s2", "k3s2p1op1", "k4s2p1"],
+)
+def test_gpu_tiles_on_real_channel_counts(backend, dtype, channels_last, shape):
+    """Channel counts that fill several tensor-core tiles and K steps, against
+    float64 on the CPU; the backward is bitwise repeatable."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    n, cin, cout, size, k, s, p, op = shape
+    x = torch.randn(n, cin, size, size + 2, device="cuda").to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(cin, cout, k, k, device="cuda") / (cin * k * k) ** 0.5).to(dtype)
+    b = torch.randn(cout, device="cuda").to(dtype)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    out = on(backend, conv_transpose2d, *leaves, s, p, op)
+    expected = F.conv_transpose2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), s, p, op)
+    tolerance = (
+        1e-4 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps * expected.abs().max()
+    )
+    assert (out.double().cpu() - expected).abs().max() <= tolerance
+    assert_layout(out, x)
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, leaves, grad)
+    second = torch.autograd.grad(on(backend, conv_transpose2d, *leaves, s, p, op), leaves, grad)
+    for a, c in zip(first, second, strict=True):
+        assert torch.equal(a, c)
+    ref_leaves = [t.detach().double().cpu().requires_grad_() for t in (x, w, b)]
+    F.conv_transpose2d(*ref_leaves, s, p, op).backward(grad.double().cpu())
+    for got, leaf in zip(first, ref_leaves, strict=True):
+        scale = leaf.grad.abs().max()
+        limit = 1e-4 * scale if dtype == torch.float32 else 4 * torch.finfo(dtype).eps * scale
+        assert (got.double().cpu() - leaf.grad).abs().max() <= limit
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_tf32_only_when_allowed(backend):
+    """float32 is exact to float32 rounding unless torch.backends.cuda.matmul.allow_tf32."""
+    x = torch.randn(2, 128, 20, 20, device="cuda")
+    w = torch.randn(128, 64, 2, 2, device="cuda")
+    expected = F.conv_transpose2d(x.double(), w.double(), None, 2)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = on(backend, conv_transpose2d, x, w, None, 2)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        fast = on(backend, conv_transpose2d, x, w, None, 2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert (exact.double() - expected).abs().max() < 1e-4
+    assert (fast.double() - expected).abs().max() < 5e-2
+
+
 @pytest.mark.parametrize(("device", "backend"), BACKEND_CASES)
 def test_conv_transpose1d_and_unbatched_input(device, backend):
     x = torch.randn(2, 4, 9, dtype=torch.float64, device=device)
