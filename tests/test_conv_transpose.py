@@ -314,7 +314,7 @@ def test_fused_relu_and_its_gradient(device, backend):
 
 
 @pytest.mark.parametrize(("device", "backend"), BACKEND_CASES)
-def test_nan_propagates_and_empty_batch(device, backend):
+def test_nan_empty_batch_and_no_input_channels(device, backend):
     x = torch.randn(1, 2, 3, 3, dtype=torch.float64, device=device)
     x[0, 0, 1, 1] = float("nan")
     w = torch.randn(2, 2, 2, 2, dtype=torch.float64, device=device)
@@ -327,6 +327,11 @@ def test_nan_propagates_and_empty_batch(device, backend):
     assert out.shape == (0, 2, 6, 6)
     out.sum().backward()
     assert empty.grad.shape == empty.shape
+    # No input channels: the output is the bias (torch raises).
+    bias = torch.randn(4, dtype=torch.float64, device=device)
+    no_weight = torch.empty(0, 4, 2, 2, dtype=torch.float64, device=device)
+    out = on(backend, conv_transpose2d, x[:, :0], no_weight, bias, 2)
+    torch.testing.assert_close(out, bias[None, :, None, None].expand(1, 4, 6, 6))
 
 
 @pytest.mark.parametrize(("device", "backend"), BACKEND_CASES)
