@@ -484,3 +484,40 @@ def test_bad_arguments_raise_clear_errors():
         module(x, output_size=[10])
     with pytest.raises(ValueError, match=r"valid sizes range from \[11, 11\] to \[12, 12\]"):
         module(x, output_size=[9, 9])
+
+
+# --- the CUDA kernels' tile mapping, emulated on the host -------------------------------------
+
+
+def test_cuda_tile_mapping_emulated_on_the_host(tmp_path):
+    """The CUDA kernels cannot run here; their tile geometry
+    (csrc/cuda/conv_transpose_tiles.h) is plain host/device C++, so a host
+    program runs it block by block and thread by thread against direct loops
+    (58 geometries, three tile configurations)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import include_paths
+
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    root = Path(__file__).resolve().parents[1]
+    binary = tmp_path / "emulation"
+    subprocess.run(
+        [
+            compiler,
+            "-std=c++17",
+            "-O2",
+            f"-I{root / 'csrc'}",
+            *(f"-I{p}" for p in include_paths()),
+            str(root / "tests" / "cpp" / "conv_transpose_tiles_emulation.cpp"),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+    )
+    result = subprocess.run([str(binary)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "0 failures" in result.stdout
