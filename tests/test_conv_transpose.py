@@ -338,8 +338,13 @@ def test_nan_empty_batch_and_no_input_channels(device, backend):
 @pytest.mark.parametrize("seed_offset", [0, 1])
 def test_gradcheck(device, backend, seed_offset):
     rng = random.Random(torch.initial_seed() + seed_offset)
-    g = random_geometry(rng, small=True)
-    x, w, b = make_inputs(g, device=device)
+    # gradcheck runs the op twice per input element: few elements for the interpreter.
+    limit = 80 if backend == "triton" else 400
+    while True:
+        g = random_geometry(rng, small=True)
+        x, w, b = make_inputs(g, device=device)
+        if x.numel() + w.numel() <= limit:
+            break
     inputs = [t.requires_grad_() for t in (x, w, b) if t is not None]
 
     def fn(*tensors):
@@ -348,7 +353,11 @@ def test_gradcheck(device, backend, seed_offset):
         return conv_transpose2d(tensors[0], tensors[1], bias, *conv_args(g))
 
     with fastops.use_backend(backend):
-        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6), g
+        # fast_mode checks random projections of the Jacobian: a few backward calls
+        # instead of one per output element, which the interpreter cannot afford.
+        assert torch.autograd.gradcheck(
+            fn, inputs, eps=1e-6, atol=1e-6, fast_mode=backend == "triton"
+        ), g
 
 
 # --- modules ---------------------------------------------------------------------------
