@@ -48,9 +48,9 @@ int64_t images_per_block(const ConvTransposeProblem& p) {
 
 // The weight of group g as the GEMM operand: [C_in/g, C_out/g * kH * kW] in
 // NCHW (the weight's own order), [C_in/g, kH * kW * C_out/g] in channels-last.
-at::Tensor group_weight(const ConvTransposeProblem& p, const at::Tensor& weight_acc, int64_t g) {
+at::Tensor group_weight(const ConvTransposeProblem& p, const at::Tensor& weight, int64_t g) {
   const int64_t cin = p.in_per_group();
-  at::Tensor w = weight_acc.narrow(0, g * cin, cin);  // [C_in/g, C_out/g, kH, kW]
+  at::Tensor w = weight.narrow(0, g * cin, cin);  // [C_in/g, C_out/g, kH, kW]
   if (p.channels_last) {
     return w.permute({0, 2, 3, 1}).reshape({cin, p.taps() * p.out_per_group()});
   }
@@ -69,79 +69,123 @@ at::Tensor group_images(const ConvTransposeProblem& p, const at::Tensor& t, int6
   return block.view({count, channels_per_group, t.size(2) * t.size(3)});
 }
 
-template <typename scalar_t, typename acc_t>
-inline scalar_t finish(acc_t v, bool relu) {
-  // max(0, v) that keeps NaN, as torch.relu.
-  if (relu && v <= acc_t(0)) {
-    v = acc_t(0);
+// One output phase (qh, qw) of the forward: outputs (qh + sh * jh, qw + sw * jw)
+// for jh < len_h, jw < len_w; tap taps_h[i] reads input row jh + shift_h[i]
+// (conv_transpose_math.h), likewise along w.
+struct PhasePlan {
+  int64_t qh = 0, qw = 0, len_h = 0, len_w = 0;
+  std::vector<int64_t> taps_h, taps_w, shift_h, shift_w;
+
+  int64_t taps() const { return static_cast<int64_t>(taps_h.size() * taps_w.size()); }
+  int64_t pixels() const { return len_h * len_w; }
+};
+
+PhasePlan plan_phase(const ConvTransposeProblem& p, int64_t qh, int64_t qw) {
+  PhasePlan ph;
+  ph.qh = qh;
+  ph.qw = qw;
+  ph.len_h = phase_length(p.out_h, qh, p.stride_h);
+  ph.len_w = phase_length(p.out_w, qw, p.stride_w);
+  const int64_t step_h = tap_step(p.stride_h, p.dilation_h), step_w = tap_step(p.stride_w, p.dilation_w);
+  for (int64_t t = first_tap(output_residue(qh, p.stride_h, p.pad_h), p.kernel_h, p.stride_h, p.dilation_h);
+       t < p.kernel_h; t += step_h) {
+    ph.taps_h.push_back(t);
+    ph.shift_h.push_back(phase_input_offset(qh, t, p.stride_h, p.pad_h, p.dilation_h));
   }
-  return static_cast<scalar_t>(v);
+  for (int64_t t = first_tap(output_residue(qw, p.stride_w, p.pad_w), p.kernel_w, p.stride_w, p.dilation_w);
+       t < p.kernel_w; t += step_w) {
+    ph.taps_w.push_back(t);
+    ph.shift_w.push_back(phase_input_offset(qw, t, p.stride_w, p.pad_w, p.dilation_w));
+  }
+  return ph;
 }
 
-// out[n0 + b, g's channels] = act(bias + sum over the taps of each output of cols).
-template <typename scalar_t, typename acc_t, bool kChannelsLast>
-FASTOPS_CPU_MULTIVERSION void gather_outputs(const ConvTransposeProblem& p, const acc_t* cols, const scalar_t* bias,
-                                             bool relu, int64_t g, int64_t n0, int64_t images, scalar_t* out) {
-  const int64_t cout = p.out_per_group(), H = p.in_h, W = p.in_w, Ho = p.out_h, Wo = p.out_w;
-  const int64_t kH = p.kernel_h, kW = p.kernel_w, step_h = tap_step(p.stride_h, p.dilation_h);
-  // Rows: (image, channel, output row) in NCHW, (image, output row) in channels-last.
-  const int64_t rows = kChannelsLast ? images * Ho : images * cout * Ho;
-  const int64_t row_width = kChannelsLast ? Wo * cout : Wo;
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(row_width);
+// The phase's weight as the GEMM operand [taps * C_in/g, C_out/g], rows
+// ordered (tap_h, tap_w, input channel) as the gathered input's columns.
+at::Tensor phase_weight(const at::Tensor& weight_taps_first, const PhasePlan& ph) {
+  std::vector<at::Tensor> rows;
+  for (const int64_t th : ph.taps_h) {
+    for (const int64_t tw : ph.taps_w) {
+      rows.push_back(weight_taps_first[th][tw]);  // [C_in/g, C_out/g]
+    }
+  }
+  return at::cat(rows, 0);
+}
+
+// The phase's input operand: channels-last A[(b, jh, jw), (tap, ci)] (rows of
+// the GEMM), NCHW A[b, (tap, ci), (jh, jw)] (its transpose per image, read along
+// input rows); 0 where a tap falls off the input. The only zeros multiplied are
+// those border taps: no inserted zero is.
+template <typename scalar_t, bool kChannelsLast>
+FASTOPS_CPU_MULTIVERSION void gather_phase_input(const ConvTransposeProblem& p, const PhasePlan& ph,
+                                                 const scalar_t* x, int64_t g, int64_t n0, int64_t images,
+                                                 scalar_t* a) {
+  const int64_t cin = p.in_per_group(), H = p.in_h, W = p.in_w;
+  const int64_t taps_w = static_cast<int64_t>(ph.taps_w.size()), k = ph.taps() * cin;
+  at::parallel_for(0, images * ph.len_h, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t oh = row % Ho;
-      const int64_t b = kChannelsLast ? row / Ho : row / (cout * Ho);
-      const int64_t co = kChannelsLast ? 0 : (row / Ho) % cout;
-      if constexpr (kChannelsLast) {
-        for (int64_t ow = 0; ow < Wo; ++ow) {
-          for (int64_t c = 0; c < cout; ++c) {
-            acc[ow * cout + c] = bias ? static_cast<acc_t>(bias[g * cout + c]) : acc_t(0);
-          }
-        }
-      } else {
-        std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[g * cout + co]) : acc_t(0));
-      }
-      const int64_t first = first_tap(output_residue(oh, p.stride_h, p.pad_h), kH, p.stride_h, p.dilation_h);
-      for (int64_t th = first; th < kH; th += step_h) {
-        const int64_t ih = tap_input_index(oh, th, p.stride_h, p.pad_h, p.dilation_h);
-        if (ih < 0 || ih >= H) {
-          continue;
-        }
-        for (int64_t tw = 0; tw < kW; ++tw) {
-          const int64_t iw_begin = tap_input_begin(tw, p.stride_w, p.pad_w, p.dilation_w);
-          const int64_t iw_end = tap_input_end(W, Wo, tw, p.stride_w, p.pad_w, p.dilation_w);
-          const int64_t ow0 = tap_output_index(0, tw, p.stride_w, p.pad_w, p.dilation_w);
-          if constexpr (kChannelsLast) {
-            // cols[b, ih, iw, th, tw, :] runs over the group's output channels.
-            const acc_t* src = cols + ((b * H + ih) * W) * p.taps() * cout + (th * kW + tw) * cout;
-            for (int64_t iw = iw_begin; iw < iw_end; ++iw) {
-              const acc_t* taps = src + iw * p.taps() * cout;
-              acc_t* dst = acc.data() + (ow0 + iw * p.stride_w) * cout;
-              for (int64_t c = 0; c < cout; ++c) {
-                dst[c] += taps[c];
+      const int64_t b = row / ph.len_h, jh = row % ph.len_h, n = n0 + b;
+      for (size_t i = 0; i < ph.taps_h.size(); ++i) {
+        const int64_t ih = jh + ph.shift_h[i];
+        const bool row_inside = ih >= 0 && ih < H;
+        for (int64_t j = 0; j < taps_w; ++j) {
+          const int64_t tap = static_cast<int64_t>(i) * taps_w + j, shift = ph.shift_w[j];
+          for (int64_t jw = 0; jw < ph.len_w; ++jw) {
+            const int64_t iw = jw + shift;
+            const bool inside = row_inside && iw >= 0 && iw < W;
+            if constexpr (kChannelsLast) {
+              scalar_t* dst = a + ((b * ph.len_h + jh) * ph.len_w + jw) * k + tap * cin;
+              if (!inside) {
+                std::fill(dst, dst + cin, scalar_t(0));
+                continue;
+              }
+              const scalar_t* src = x + ((n * H + ih) * W + iw) * p.in_channels + g * cin;
+              std::copy(src, src + cin, dst);
+            } else {
+              scalar_t* dst = a + (b * k + tap * cin) * ph.pixels() + jh * ph.len_w + jw;
+              const scalar_t* src = x + ((n * p.in_channels + g * cin) * H + ih) * W + iw;
+              for (int64_t c = 0; c < cin; ++c) {
+                dst[c * ph.pixels()] = inside ? src[c * H * W] : scalar_t(0);
               }
             }
-          } else {
-            // cols[b, co, th, tw, ih, :] runs over the input row.
-            const acc_t* src = cols + (((b * cout + co) * kH + th) * kW + tw) * H * W + ih * W;
-            for (int64_t iw = iw_begin; iw < iw_end; ++iw) {
-              acc[ow0 + iw * p.stride_w] += src[iw];
-            }
           }
         }
       }
-      if constexpr (kChannelsLast) {
-        scalar_t* dst = out + ((n0 + b) * Ho + oh) * Wo * p.out_channels + g * cout;
-        for (int64_t ow = 0; ow < Wo; ++ow) {
-          for (int64_t c = 0; c < cout; ++c) {
-            dst[ow * p.out_channels + c] = finish<scalar_t>(acc[ow * cout + c], relu);
+    }
+  });
+}
+
+template <typename scalar_t>
+inline scalar_t activate(scalar_t v, bool relu) {
+  // max(0, v) that keeps NaN, as torch.relu.
+  return relu && static_cast<float>(v) <= 0.0f ? scalar_t(0) : v;
+}
+
+// Writes the phase's GEMM result into its interleaved output positions, with
+// the ReLU: channels-last c[(b, jh, jw), co], NCHW c[b, co, (jh, jw)].
+template <typename scalar_t, bool kChannelsLast>
+FASTOPS_CPU_MULTIVERSION void store_phase_output(const ConvTransposeProblem& p, const PhasePlan& ph,
+                                                 const scalar_t* c, bool relu, int64_t g, int64_t n0,
+                                                 int64_t images, scalar_t* out) {
+  const int64_t cout = p.out_per_group(), Ho = p.out_h, Wo = p.out_w;
+  at::parallel_for(0, images * ph.len_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / ph.len_h, jh = row % ph.len_h, n = n0 + b;
+      const int64_t oh = ph.qh + p.stride_h * jh;
+      for (int64_t jw = 0; jw < ph.len_w; ++jw) {
+        const int64_t ow = ph.qw + p.stride_w * jw;
+        if constexpr (kChannelsLast) {
+          const scalar_t* src = c + ((b * ph.len_h + jh) * ph.len_w + jw) * cout;
+          scalar_t* dst = out + ((n * Ho + oh) * Wo + ow) * p.out_channels + g * cout;
+          for (int64_t co = 0; co < cout; ++co) {
+            dst[co] = activate(src[co], relu);
           }
-        }
-      } else {
-        scalar_t* dst = out + (((n0 + b) * p.out_channels + g * cout + co) * Ho + oh) * Wo;
-        for (int64_t ow = 0; ow < Wo; ++ow) {
-          dst[ow] = finish<scalar_t>(acc[ow], relu);
+        } else {
+          const scalar_t* src = c + b * cout * ph.pixels() + jh * ph.len_w + jw;
+          scalar_t* dst = out + ((n * p.out_channels + g * cout) * Ho + oh) * Wo + ow;
+          for (int64_t co = 0; co < cout; ++co) {
+            dst[co * Ho * Wo] = activate(src[co * ph.pixels()], relu);
+          }
         }
       }
     }
@@ -222,27 +266,70 @@ at::Tensor conv_transpose_cpu(const at::Tensor& input_arg, const at::Tensor& wei
   if (output.numel() == 0) {
     return output;
   }
-  const at::ScalarType acc_type = accumulate_type(input.scalar_type());
-  const at::Tensor input_acc = input.to(acc_type);  // no copy for float32/float64
-  const at::Tensor weight_acc = weight.to(acc_type);
-  const at::Tensor bias = bias_arg ? bias_arg->contiguous() : at::Tensor();
-  const int64_t block = images_per_block(p);
+  const int64_t cin = p.in_per_group(), cout = p.out_per_group();
+  // [C_in, kH, kW, C_out/g]: per tap a [C_in, C_out/g] block (the weight is small).
+  const at::Tensor weight_taps = weight.permute({2, 3, 0, 1}).contiguous();
+  const at::Tensor bias = bias_arg ? bias_arg->contiguous() : at::zeros({p.out_channels}, input.options());
+  std::vector<PhasePlan> phases;
+  int64_t largest = 1;  // input-operand elements per image, largest phase
+  for (int64_t qh = 0; qh < p.stride_h; ++qh) {
+    for (int64_t qw = 0; qw < p.stride_w; ++qw) {
+      phases.push_back(plan_phase(p, qh, qw));
+      largest = std::max(largest, phases.back().pixels() * std::max<int64_t>(1, phases.back().taps()) *
+                                      std::max(cin, cout));
+    }
+  }
+  const int64_t block = std::clamp<int64_t>(kColsBudget / largest, 1, p.batch);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* bias_data = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     for (int64_t n0 = 0; n0 < p.batch; n0 += block) {
       const int64_t images = std::min(block, p.batch - n0);
       for (int64_t g = 0; g < p.groups; ++g) {
-        const at::Tensor w = group_weight(p, weight_acc, g);
-        const at::Tensor x = group_images(p, input_acc, n0, images, g, p.in_per_group());
-        // [B * H * W, kH * kW * C_out/g] or [B, C_out/g * kH * kW, H * W]
-        const at::Tensor cols = (p.channels_last ? at::mm(x, w) : at::matmul(w.t(), x)).contiguous();
-        if (p.channels_last) {
-          gather_outputs<scalar_t, acc_t, true>(p, cols.const_data_ptr<acc_t>(), bias_data, relu, g, n0, images,
+        const at::Tensor bias_g = bias.narrow(0, g * cout, cout);
+        const at::Tensor w_g = weight_taps.narrow(2, g * cin, cin);
+        for (const PhasePlan& ph : phases) {
+          if (ph.pixels() == 0) {
+            continue;
+          }
+          const int64_t rows = images * ph.pixels();
+          // The GEMM in the data's own dtype (oneDNN/BLAS accumulate 16-bit
+          // types in float32), the bias added in it: one rounding per output.
+          at::Tensor result;
+          if (ph.taps() == 0 || cin == 0) {
+            result = p.channels_last ? bias_g.expand({rows, cout}).contiguous()
+                                     : bias_g.view({1, cout, 1}).expand({images, cout, ph.pixels()}).contiguous();
+          } else {
+            const at::Tensor w_phase = phase_weight(w_g, ph);  // [taps * C_in/g, C_out/g]
+            const bool direct = p.channels_last && ph.taps() == 1 && ph.shift_h[0] == 0 && ph.shift_w[0] == 0 &&
+                                ph.len_h == p.in_h && ph.len_w == p.in_w;
+            if (direct) {
+              // kernel == stride: the input itself is the operand, no gather.
+              result = at::addmm(bias_g, group_images(p, input, n0, images, g, cin), w_phase);
+            } else if (p.channels_last) {
+              at::Tensor a = at::empty({rows, ph.taps() * cin}, input.options());
+              gather_phase_input<scalar_t, true>(p, ph, input.const_data_ptr<scalar_t>(), g, n0, images,
+                                                 a.data_ptr<scalar_t>());
+              result = at::addmm(bias_g, a, w_phase);
+            } else {
+              at::Tensor a = at::empty({images, ph.taps() * cin, ph.pixels()}, input.options());
+              gather_phase_input<scalar_t, false>(p, ph, input.const_data_ptr<scalar_t>(), g, n0, images,
+                                                  a.data_ptr<scalar_t>());
+              result = at::empty({images, cout, ph.pixels()}, input.options());
+              const at::Tensor w_t = w_phase.t();
+              const at::Tensor bias_column = bias_g.view({cout, 1}).expand({cout, ph.pixels()});
+              for (int64_t b = 0; b < images; ++b) {
+                at::Tensor r = result[b];
+                at::addmm_out(r, bias_column, w_t, a[b]);
+              }
+            }
+          }
+          result = result.contiguous();
+          if (p.channels_last) {
+            store_phase_output<scalar_t, true>(p, ph, result.const_data_ptr<scalar_t>(), relu, g, n0, images,
+                                               output.data_ptr<scalar_t>());
+          } else {
+            store_phase_output<scalar_t, false>(p, ph, result.const_data_ptr<scalar_t>(), relu, g, n0, images,
                                                 output.data_ptr<scalar_t>());
-        } else {
-          gather_outputs<scalar_t, acc_t, false>(p, cols.const_data_ptr<acc_t>(), bias_data, relu, g, n0, images,
-                                                 output.data_ptr<scalar_t>());
+          }
         }
       }
     }
@@ -265,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
   }
   const at::TensorOptions options = input.options();
   at::Tensor grad_input = output_mask[0] ? empty_conv_transpose_input_grad(p, options) : at::empty({0}, options);
-  // Accumulated over image blocks in float32/float64, in the GEMM's layout.
+  // Blocks of images add their GEMM results in float32/float64, in the GEMM's layout.
   at::Tensor grad_weight_acc;
   if (output_mask[1]) {
     grad_weight_acc = p.channels_last
@@ -276,43 +363,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
                                         : at::empty({0}, options);
   const bool any_gemm = (output_mask[0] && grad_input.numel() > 0) || (output_mask[1] && weight.numel() > 0);
   if (any_gemm && grad.numel() > 0) {
-    const at::Tensor input_acc = output_mask[1] ? input.to(acc_type) : at::Tensor();
-    const at::Tensor weight_acc = weight.to(acc_type);
     const int64_t block = images_per_block(p);
     const int64_t cin = p.in_per_group(), cout = p.out_per_group();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose_backward_cpu",
                                     [&] {
-      using acc_t = at::opmath_type<scalar_t>;
       for (int64_t n0 = 0; n0 < p.batch; n0 += block) {
         const int64_t images = std::min(block, p.batch - n0);
         const int64_t rows = images * p.in_h * p.in_w;
         for (int64_t g = 0; g < p.groups; ++g) {
-          at::Tensor cols = p.channels_last ? at::empty({rows, p.taps() * cout}, options.dtype(acc_type))
-                                            : at::empty({images, cout * p.taps(), p.in_h * p.in_w},
-                                                        options.dtype(acc_type));
+          // The GEMMs run in the data's dtype (16-bit types accumulate in
+          // float32 inside oneDNN/BLAS); cols holds copies of grad_output.
+          at::Tensor cols = p.channels_last ? at::empty({rows, p.taps() * cout}, options)
+                                            : at::empty({images, cout * p.taps(), p.in_h * p.in_w}, options);
           if (p.channels_last) {
-            gather_taps<scalar_t, acc_t, true>(p, grad.const_data_ptr<scalar_t>(), g, n0, images,
-                                               cols.data_ptr<acc_t>());
+            gather_taps<scalar_t, scalar_t, true>(p, grad.const_data_ptr<scalar_t>(), g, n0, images,
+                                                  cols.data_ptr<scalar_t>());
           } else {
-            gather_taps<scalar_t, acc_t, false>(p, grad.const_data_ptr<scalar_t>(), g, n0, images,
-                                                cols.data_ptr<acc_t>());
+            gather_taps<scalar_t, scalar_t, false>(p, grad.const_data_ptr<scalar_t>(), g, n0, images,
+                                                   cols.data_ptr<scalar_t>());
           }
-          const at::Tensor w = group_weight(p, weight_acc, g);  // [C_in/g, taps * C_out/g]
+          const at::Tensor w = group_weight(p, weight, g);  // [C_in/g, taps * C_out/g]
           if (output_mask[0]) {
             // [rows, C_in/g] or [B, C_in/g, H * W]
             const at::Tensor dx = p.channels_last ? at::mm(cols, w.t()) : at::matmul(w, cols);
             group_images(p, grad_input, n0, images, g, cin).copy_(dx);
           }
           if (output_mask[1]) {
-            const at::Tensor x = group_images(p, input_acc, n0, images, g, cin);
-            at::Tensor dw = grad_weight_acc.narrow(0, g * cin, cin).view({cin, cout * p.taps()});
-            if (p.channels_last) {
-              dw.addmm_(x.t(), cols);
-            } else {
-              for (int64_t b = 0; b < images; ++b) {
-                dw.addmm_(x[b], cols[b].t());
-              }
-            }
+            const at::Tensor x = group_images(p, input, n0, images, g, cin);
+            // One GEMM per block of images: [C_in/g, pixels] x [pixels, taps * C_out/g].
+            const at::Tensor dw_block =
+                p.channels_last
+                    ? at::mm(x.t(), cols)
+                    : at::mm(x.transpose(0, 1).reshape({cin, rows}),
+                             cols.transpose(0, 1).reshape({cout * p.taps(), rows}).t());
+            grad_weight_acc.narrow(0, g * cin, cin).view({cin, cout * p.taps()}).add_(dw_block);
           }
         }
       }
