@@ -1,25 +1,27 @@
 // CPU kernels of conv_transpose, forward and backward.
 //
-// Forward, per group and block of images: one GEMM from ATen computes every
-// product a tap makes, cols = x^T w (all useful work: no inserted zeros are
-// multiplied), then a gather adds, for each output row, the taps of its phase
-// (conv_transpose_math.h) into a row buffer, adds the bias, applies the ReLU
-// and stores once. The gather is col2im turned around: every output is
-// written by one task in a fixed tap order, so it needs no zero fill, no
-// scatter and no atomics, and the bias and ReLU cost no extra pass.
-//   NCHW:          cols[b] = w_g^T [C_out/g * kH * kW, C_in/g] x x[b, g] [C_in/g, H * W]
-//   channels-last: cols    = x[:, g] [B * H * W, C_in/g] x w_g [C_in/g, kH * kW * C_out/g]
-// so in channels-last the gather adds contiguous runs of output channels.
+// Forward: phase (sub-pixel) decomposition (conv_transpose_math.h). Per group,
+// block of images and output phase (qh, qw), the phase's outputs are a dense
+// stride-1 convolution over the input with only the phase's taps; one ATen
+// GEMM computes them, in the data's dtype with the bias as the addend
+// (oneDNN/BLAS accumulate 16-bit products in float32 and round once):
+//   channels-last: [B * pixels, taps * C_in/g] x [taps * C_in/g, C_out/g]
+//   NCHW, per image: [C_out/g, taps * C_in/g] x [taps * C_in/g, pixels]
+// The input operand is gathered from the rows the taps read (zeros only
+// where a tap falls off the input border; no inserted zero is multiplied);
+// with kernel == stride in channels-last the input itself is the operand.
+// A store pass writes each row at its interleaved output position with the
+// ReLU. float32/float64 convolutions with several taps per phase and more
+// input than output channels (TernausNet's 3x3 s2) go by columns instead:
+// one GEMM cols = x^T w computes every (input, tap) product once (smaller
+// than the gathered phase inputs there) and a gather sums each output's taps
+// in a row buffer with the bias and ReLU.
 //
-// Backward, per group and block of images: im2col of grad_output (the same
-// tap geometry read the other way; the ReLU mask is applied first), then
+// Backward, per group and block of images: im2col of grad_output (the tap
+// geometry read the other way; the ReLU mask is applied first), then
 //   grad_input  = w_g cols       (an ordinary strided convolution)
-//   grad_weight += x_g cols^T    (accumulated over image blocks in order)
-//   grad_bias   = grad_output summed per channel.
-// float16 and bfloat16 compute in float32 (the GEMM inputs are converted,
-// the sums and the weight gradient stay float32 until the final store);
-// float64 in float64. Results do not depend on the number of threads beyond
-// what ATen's GEMM does.
+//   grad_weight += x_g cols^T    (one GEMM per block, summed over blocks in float32)
+//   grad_bias   = grad_output summed per channel in float32.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -37,8 +39,9 @@
 namespace fastops {
 namespace {
 
-// Elements of cols per block of images: large enough for efficient GEMMs,
-// small enough that the gather reads cols back from the last-level cache.
+// Elements of a GEMM operand or result per block of images: large enough for
+// efficient GEMMs, small enough that the pass that follows reads it back from
+// the last-level cache.
 constexpr int64_t kColsBudget = int64_t{1} << 21;
 
 int64_t images_per_block(const ConvTransposeProblem& p) {
@@ -122,37 +125,47 @@ FASTOPS_CPU_MULTIVERSION void gather_phase_input(const ConvTransposeProblem& p, 
                                                  scalar_t* a) {
   const int64_t cin = p.in_per_group(), H = p.in_h, W = p.in_w;
   const int64_t taps_w = static_cast<int64_t>(ph.taps_w.size()), k = ph.taps() * cin;
-  at::parallel_for(0, images * ph.len_h, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / ph.len_h, jh = row % ph.len_h, n = n0 + b;
-      for (size_t i = 0; i < ph.taps_h.size(); ++i) {
-        const int64_t ih = jh + ph.shift_h[i];
-        const bool row_inside = ih >= 0 && ih < H;
-        for (int64_t j = 0; j < taps_w; ++j) {
-          const int64_t tap = static_cast<int64_t>(i) * taps_w + j, shift = ph.shift_w[j];
-          for (int64_t jw = 0; jw < ph.len_w; ++jw) {
-            const int64_t iw = jw + shift;
-            const bool inside = row_inside && iw >= 0 && iw < W;
-            if constexpr (kChannelsLast) {
-              scalar_t* dst = a + ((b * ph.len_h + jh) * ph.len_w + jw) * k + tap * cin;
-              if (!inside) {
-                std::fill(dst, dst + cin, scalar_t(0));
-                continue;
-              }
-              const scalar_t* src = x + ((n * H + ih) * W + iw) * p.in_channels + g * cin;
-              std::copy(src, src + cin, dst);
+  if constexpr (kChannelsLast) {
+    // Rows (image, jh); per (jw, tap) a contiguous run of the group's channels.
+    at::parallel_for(0, images * ph.len_h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / ph.len_h, jh = row % ph.len_h, n = n0 + b;
+        for (int64_t jw = 0; jw < ph.len_w; ++jw) {
+          scalar_t* dst = a + ((b * ph.len_h + jh) * ph.len_w + jw) * k;
+          for (int64_t tap = 0; tap < ph.taps(); ++tap) {
+            const int64_t ih = jh + ph.shift_h[tap / taps_w], iw = jw + ph.shift_w[tap % taps_w];
+            scalar_t* d = dst + tap * cin;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+              std::fill(d, d + cin, scalar_t(0));
             } else {
-              scalar_t* dst = a + (b * k + tap * cin) * ph.pixels() + jh * ph.len_w + jw;
-              const scalar_t* src = x + ((n * p.in_channels + g * cin) * H + ih) * W + iw;
-              for (int64_t c = 0; c < cin; ++c) {
-                dst[c * ph.pixels()] = inside ? src[c * H * W] : scalar_t(0);
-              }
+              const scalar_t* src = x + ((n * H + ih) * W + iw) * p.in_channels + g * cin;
+              std::copy(src, src + cin, d);
             }
           }
         }
       }
-    }
-  });
+    });
+  } else {
+    // Rows (image, tap, channel, jh); each a shifted run of one input row.
+    at::parallel_for(0, images * k * ph.len_h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t jh = row % ph.len_h, column = (row / ph.len_h) % k, b = row / (ph.len_h * k);
+        const int64_t tap = column / cin, c = column % cin, n = n0 + b;
+        const int64_t ih = jh + ph.shift_h[tap / taps_w], shift = ph.shift_w[tap % taps_w];
+        scalar_t* dst = a + row * ph.len_w;
+        const int64_t jw_begin = std::clamp<int64_t>(-shift, 0, ph.len_w);
+        const int64_t jw_end = std::clamp<int64_t>(W - shift, jw_begin, ph.len_w);
+        if (ih < 0 || ih >= H) {
+          std::fill(dst, dst + ph.len_w, scalar_t(0));
+          continue;
+        }
+        const scalar_t* src = x + ((n * p.in_channels + g * cin + c) * H + ih) * W + shift;
+        std::fill(dst, dst + jw_begin, scalar_t(0));
+        std::copy(src + jw_begin, src + jw_end, dst + jw_begin);
+        std::fill(dst + jw_end, dst + ph.len_w, scalar_t(0));
+      }
+    });
+  }
 }
 
 template <typename scalar_t>
@@ -168,24 +181,109 @@ FASTOPS_CPU_MULTIVERSION void store_phase_output(const ConvTransposeProblem& p, 
                                                  const scalar_t* c, bool relu, int64_t g, int64_t n0,
                                                  int64_t images, scalar_t* out) {
   const int64_t cout = p.out_per_group(), Ho = p.out_h, Wo = p.out_w;
-  at::parallel_for(0, images * ph.len_h, 1, [&](int64_t begin, int64_t end) {
+  // Rows (image, jh) in channels-last, (image, channel, jh) in NCHW.
+  const int64_t rows = kChannelsLast ? images * ph.len_h : images * cout * ph.len_h;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / ph.len_h, jh = row % ph.len_h, n = n0 + b;
-      const int64_t oh = ph.qh + p.stride_h * jh;
-      for (int64_t jw = 0; jw < ph.len_w; ++jw) {
-        const int64_t ow = ph.qw + p.stride_w * jw;
-        if constexpr (kChannelsLast) {
-          const scalar_t* src = c + ((b * ph.len_h + jh) * ph.len_w + jw) * cout;
-          scalar_t* dst = out + ((n * Ho + oh) * Wo + ow) * p.out_channels + g * cout;
+      const int64_t jh = row % ph.len_h, oh = ph.qh + p.stride_h * jh;
+      if constexpr (kChannelsLast) {
+        const int64_t n = n0 + row / ph.len_h;
+        for (int64_t jw = 0; jw < ph.len_w; ++jw) {
+          const scalar_t* src = c + (row * ph.len_w + jw) * cout;
+          scalar_t* dst = out + ((n * Ho + oh) * Wo + ph.qw + p.stride_w * jw) * p.out_channels + g * cout;
           for (int64_t co = 0; co < cout; ++co) {
             dst[co] = activate(src[co], relu);
           }
-        } else {
-          const scalar_t* src = c + b * cout * ph.pixels() + jh * ph.len_w + jw;
-          scalar_t* dst = out + ((n * p.out_channels + g * cout) * Ho + oh) * Wo + ow;
-          for (int64_t co = 0; co < cout; ++co) {
-            dst[co * Ho * Wo] = activate(src[co * ph.pixels()], relu);
+        }
+      } else {
+        const int64_t co = (row / ph.len_h) % cout, n = n0 + row / (ph.len_h * cout);
+        const scalar_t* src = c + row * ph.len_w;  // c[b, co, jh, :]
+        scalar_t* dst = out + ((n * p.out_channels + g * cout + co) * Ho + oh) * Wo + ph.qw;
+        for (int64_t jw = 0; jw < ph.len_w; ++jw) {
+          dst[jw * p.stride_w] = activate(src[jw], relu);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+inline scalar_t finish(acc_t v, bool relu) {
+  // max(0, v) that keeps NaN, as torch.relu.
+  if (relu && v <= acc_t(0)) {
+    v = acc_t(0);
+  }
+  return static_cast<scalar_t>(v);
+}
+
+// The forward by columns (float32/float64 with several taps per phase and more
+// input than output channels, where a phase's gathered input would be larger
+// than the columns): cols = x^T w holds every (input, tap) product once, and
+// out[n0 + b, g's channels] = act(bias + sum over the taps of each output of cols),
+// each output row summed in a row buffer by one task.
+template <typename scalar_t, typename acc_t, bool kChannelsLast>
+FASTOPS_CPU_MULTIVERSION void gather_outputs(const ConvTransposeProblem& p, const acc_t* cols, const scalar_t* bias,
+                                             bool relu, int64_t g, int64_t n0, int64_t images, scalar_t* out) {
+  const int64_t cout = p.out_per_group(), H = p.in_h, W = p.in_w, Ho = p.out_h, Wo = p.out_w;
+  const int64_t kH = p.kernel_h, kW = p.kernel_w, step_h = tap_step(p.stride_h, p.dilation_h);
+  // Rows: (image, channel, output row) in NCHW, (image, output row) in channels-last.
+  const int64_t rows = kChannelsLast ? images * Ho : images * cout * Ho;
+  const int64_t row_width = kChannelsLast ? Wo * cout : Wo;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(row_width);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t oh = row % Ho;
+      const int64_t b = kChannelsLast ? row / Ho : row / (cout * Ho);
+      const int64_t co = kChannelsLast ? 0 : (row / Ho) % cout;
+      if constexpr (kChannelsLast) {
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          for (int64_t c = 0; c < cout; ++c) {
+            acc[ow * cout + c] = bias ? static_cast<acc_t>(bias[g * cout + c]) : acc_t(0);
           }
+        }
+      } else {
+        std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[g * cout + co]) : acc_t(0));
+      }
+      const int64_t first = first_tap(output_residue(oh, p.stride_h, p.pad_h), kH, p.stride_h, p.dilation_h);
+      for (int64_t th = first; th < kH; th += step_h) {
+        const int64_t ih = tap_input_index(oh, th, p.stride_h, p.pad_h, p.dilation_h);
+        if (ih < 0 || ih >= H) {
+          continue;
+        }
+        for (int64_t tw = 0; tw < kW; ++tw) {
+          const int64_t iw_begin = tap_input_begin(tw, p.stride_w, p.pad_w, p.dilation_w);
+          const int64_t iw_end = tap_input_end(W, Wo, tw, p.stride_w, p.pad_w, p.dilation_w);
+          const int64_t ow0 = tap_output_index(0, tw, p.stride_w, p.pad_w, p.dilation_w);
+          if constexpr (kChannelsLast) {
+            // cols[b, ih, iw, th, tw, :] runs over the group's output channels.
+            const acc_t* src = cols + ((b * H + ih) * W) * p.taps() * cout + (th * kW + tw) * cout;
+            for (int64_t iw = iw_begin; iw < iw_end; ++iw) {
+              const acc_t* taps = src + iw * p.taps() * cout;
+              acc_t* dst = acc.data() + (ow0 + iw * p.stride_w) * cout;
+              for (int64_t c = 0; c < cout; ++c) {
+                dst[c] += taps[c];
+              }
+            }
+          } else {
+            // cols[b, co, th, tw, ih, :] runs over the input row.
+            const acc_t* src = cols + (((b * cout + co) * kH + th) * kW + tw) * H * W + ih * W;
+            for (int64_t iw = iw_begin; iw < iw_end; ++iw) {
+              acc[ow0 + iw * p.stride_w] += src[iw];
+            }
+          }
+        }
+      }
+      if constexpr (kChannelsLast) {
+        scalar_t* dst = out + ((n0 + b) * Ho + oh) * Wo * p.out_channels + g * cout;
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          for (int64_t c = 0; c < cout; ++c) {
+            dst[ow * p.out_channels + c] = finish<scalar_t>(acc[ow * cout + c], relu);
+          }
+        }
+      } else {
+        scalar_t* dst = out + (((n0 + b) * p.out_channels + g * cout + co) * Ho + oh) * Wo;
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          dst[ow] = finish<scalar_t>(acc[ow], relu);
         }
       }
     }
@@ -255,6 +353,36 @@ at::ScalarType accumulate_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The forward by columns (see gather_outputs).
+void forward_by_columns(const ConvTransposeProblem& p, const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias_arg, bool relu, at::Tensor& output) {
+  const at::ScalarType acc_type = accumulate_type(input.scalar_type());
+  const at::Tensor input_acc = input.to(acc_type);  // no copy for float32/float64
+  const at::Tensor weight_acc = weight.to(acc_type);
+  const at::Tensor bias = bias_arg ? bias_arg->contiguous() : at::Tensor();
+  const int64_t block = images_per_block(p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* bias_data = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    for (int64_t n0 = 0; n0 < p.batch; n0 += block) {
+      const int64_t images = std::min(block, p.batch - n0);
+      for (int64_t g = 0; g < p.groups; ++g) {
+        const at::Tensor w = group_weight(p, weight_acc, g);
+        const at::Tensor x = group_images(p, input_acc, n0, images, g, p.in_per_group());
+        // [B * H * W, kH * kW * C_out/g] or [B, C_out/g * kH * kW, H * W]
+        const at::Tensor cols = (p.channels_last ? at::mm(x, w) : at::matmul(w.t(), x)).contiguous();
+        if (p.channels_last) {
+          gather_outputs<scalar_t, acc_t, true>(p, cols.const_data_ptr<acc_t>(), bias_data, relu, g, n0, images,
+                                                output.data_ptr<scalar_t>());
+        } else {
+          gather_outputs<scalar_t, acc_t, false>(p, cols.const_data_ptr<acc_t>(), bias_data, relu, g, n0, images,
+                                                 output.data_ptr<scalar_t>());
+        }
+      }
+    }
+  });
+}
+
 at::Tensor conv_transpose_cpu(const at::Tensor& input_arg, const at::Tensor& weight_arg,
                               const std::optional<at::Tensor>& bias_arg, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
@@ -267,6 +395,14 @@ at::Tensor conv_transpose_cpu(const at::Tensor& input_arg, const at::Tensor& wei
     return output;
   }
   const int64_t cin = p.in_per_group(), cout = p.out_per_group();
+  const bool several_taps =
+      p.kernel_h > tap_step(p.stride_h, p.dilation_h) || p.kernel_w > tap_step(p.stride_w, p.dilation_w);
+  if (several_taps && cin > cout && !at::isReducedFloatingType(input.scalar_type())) {
+    // Measured faster there (bench/NOTES.md); 16-bit types keep the phase
+    // path, whose GEMM runs in their own dtype.
+    forward_by_columns(p, input, weight, bias_arg, relu, output);
+    return output;
+  }
   // [C_in, kH, kW, C_out/g]: per tap a [C_in, C_out/g] block (the weight is small).
   const at::Tensor weight_taps = weight.permute({2, 3, 0, 1}).contiguous();
   const at::Tensor bias = bias_arg ? bias_arg->contiguous() : at::zeros({p.out_channels}, input.options());

@@ -4,11 +4,11 @@ arguments, defaults, weight layout ``[C_in, C_out / groups, *kernel]``,
 unbatched input and values), plus a fused epilogue: ``activation="relu"``
 applies the ReLU after the bias in the same kernel.
 
-The kernels never multiply an inserted zero: the CPU backend computes each
-(input, tap) product once with one GEMM and gathers each output's taps; the
-CUDA and Triton backends split a stride-s convolution into its s^2 phases, each
-a dense stride-1 implicit GEMM (kernel == stride is then one plain GEMM whose
-store interleaves the output). channels_last input is computed without a layout
+The kernels never multiply an inserted zero: every backend splits a
+stride-s convolution into its s^2 output phases, each a dense stride-1 GEMM
+over the phase's taps (the CPU with ATen's GEMM on a gathered operand, CUDA
+and Triton as implicit GEMMs); kernel == stride is then one plain GEMM whose
+store interleaves the output. channels_last input is computed without a layout
 copy and gives a channels_last output. float16/bfloat16 accumulate in float32.
 """
 
