@@ -175,11 +175,12 @@ inline scalar_t activate(scalar_t v, bool relu) {
 }
 
 // Writes the phase's GEMM result into its interleaved output positions, with
-// the ReLU: channels-last c[(b, jh, jw), co], NCHW c[b, co, (jh, jw)].
+// the ReLU: channels-last c[(b, jh, jw), co] with rows c_stride apart, NCHW
+// c[b, co, (jh, jw)] with images c_stride apart.
 template <typename scalar_t, bool kChannelsLast>
 FASTOPS_CPU_MULTIVERSION void store_phase_output(const ConvTransposeProblem& p, const PhasePlan& ph,
-                                                 const scalar_t* c, bool relu, int64_t g, int64_t n0,
-                                                 int64_t images, scalar_t* out) {
+                                                 const scalar_t* c, int64_t c_stride, bool relu, int64_t g,
+                                                 int64_t n0, int64_t images, scalar_t* out) {
   const int64_t cout = p.out_per_group(), Ho = p.out_h, Wo = p.out_w;
   // Rows (image, jh) in channels-last, (image, channel, jh) in NCHW.
   const int64_t rows = kChannelsLast ? images * ph.len_h : images * cout * ph.len_h;
@@ -189,15 +190,16 @@ FASTOPS_CPU_MULTIVERSION void store_phase_output(const ConvTransposeProblem& p, 
       if constexpr (kChannelsLast) {
         const int64_t n = n0 + row / ph.len_h;
         for (int64_t jw = 0; jw < ph.len_w; ++jw) {
-          const scalar_t* src = c + (row * ph.len_w + jw) * cout;
+          const scalar_t* src = c + (row * ph.len_w + jw) * c_stride;
           scalar_t* dst = out + ((n * Ho + oh) * Wo + ph.qw + p.stride_w * jw) * p.out_channels + g * cout;
           for (int64_t co = 0; co < cout; ++co) {
             dst[co] = activate(src[co], relu);
           }
         }
       } else {
-        const int64_t co = (row / ph.len_h) % cout, n = n0 + row / (ph.len_h * cout);
-        const scalar_t* src = c + row * ph.len_w;  // c[b, co, jh, :]
+        const int64_t co = (row / ph.len_h) % cout, b = row / (ph.len_h * cout);
+        const int64_t n = n0 + b;
+        const scalar_t* src = c + b * c_stride + (co * ph.len_h + jh) * ph.len_w;  // c[b, co, jh, :]
         scalar_t* dst = out + ((n * p.out_channels + g * cout + co) * Ho + oh) * Wo + ph.qw;
         for (int64_t jw = 0; jw < ph.len_w; ++jw) {
           dst[jw * p.stride_w] = activate(src[jw], relu);
@@ -416,12 +418,53 @@ at::Tensor conv_transpose_cpu(const at::Tensor& input_arg, const at::Tensor& wei
     }
   }
   const int64_t block = std::clamp<int64_t>(kColsBudget / largest, 1, p.batch);
+  const bool one_tap_each = cin > 0 && std::all_of(phases.begin(), phases.end(), [&](const PhasePlan& ph) {
+    return ph.taps() == 1 && ph.shift_h[0] == 0 && ph.shift_w[0] == 0 && ph.len_h == p.in_h && ph.len_w == p.in_w;
+  });
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose_cpu", [&] {
     for (int64_t n0 = 0; n0 < p.batch; n0 += block) {
       const int64_t images = std::min(block, p.batch - n0);
       for (int64_t g = 0; g < p.groups; ++g) {
         const at::Tensor bias_g = bias.narrow(0, g * cout, cout);
         const at::Tensor w_g = weight_taps.narrow(2, g * cin, cin);
+        if (one_tap_each) {
+          // kernel == stride: every phase reads the input itself through one
+          // tap, so one GEMM over all phases' weights computes the whole
+          // output, [B * H * W, C_in/g] x [C_in/g, phases * C_out/g] (NCHW: its
+          // transpose per image), and the stores interleave it.
+          std::vector<at::Tensor> weights;
+          for (const PhasePlan& ph : phases) {
+            weights.push_back(phase_weight(w_g, ph));
+          }
+          const at::Tensor w_all = at::cat(weights, 1);  // [C_in/g, phases * C_out/g]
+          const int64_t columns = w_all.size(1), phase_count = static_cast<int64_t>(phases.size());
+          const at::Tensor bias_all = bias_g.repeat({phase_count});
+          const at::Tensor x = group_images(p, input, n0, images, g, cin);
+          at::Tensor result;
+          if (p.channels_last) {
+            result = at::addmm(bias_all, x, w_all);  // [B * H * W, phases * C_out/g]
+          } else {
+            const int64_t pixels = p.in_h * p.in_w;
+            result = at::empty({images, columns, pixels}, input.options());
+            const at::Tensor w_t = w_all.t();
+            const at::Tensor bias_column = bias_all.view({columns, 1}).expand({columns, pixels});
+            for (int64_t b = 0; b < images; ++b) {
+              at::Tensor r = result[b];
+              at::addmm_out(r, bias_column, w_t, x[b]);
+            }
+          }
+          for (int64_t i = 0; i < phase_count; ++i) {
+            const scalar_t* c = result.const_data_ptr<scalar_t>() + i * cout * (p.channels_last ? 1 : p.in_h * p.in_w);
+            if (p.channels_last) {
+              store_phase_output<scalar_t, true>(p, phases[i], c, columns, relu, g, n0, images,
+                                                 output.data_ptr<scalar_t>());
+            } else {
+              store_phase_output<scalar_t, false>(p, phases[i], c, columns * p.in_h * p.in_w, relu, g, n0,
+                                                  images, output.data_ptr<scalar_t>());
+            }
+          }
+          continue;
+        }
         for (const PhasePlan& ph : phases) {
           if (ph.pixels() == 0) {
             continue;
@@ -435,12 +478,7 @@ at::Tensor conv_transpose_cpu(const at::Tensor& input_arg, const at::Tensor& wei
                                      : bias_g.view({1, cout, 1}).expand({images, cout, ph.pixels()}).contiguous();
           } else {
             const at::Tensor w_phase = phase_weight(w_g, ph);  // [taps * C_in/g, C_out/g]
-            const bool direct = p.channels_last && ph.taps() == 1 && ph.shift_h[0] == 0 && ph.shift_w[0] == 0 &&
-                                ph.len_h == p.in_h && ph.len_w == p.in_w;
-            if (direct) {
-              // kernel == stride: the input itself is the operand, no gather.
-              result = at::addmm(bias_g, group_images(p, input, n0, images, g, cin), w_phase);
-            } else if (p.channels_last) {
+            if (p.channels_last) {
               at::Tensor a = at::empty({rows, ph.taps() * cin}, input.options());
               gather_phase_input<scalar_t, true>(p, ph, input.const_data_ptr<scalar_t>(), g, n0, images,
                                                  a.data_ptr<scalar_t>());
@@ -460,11 +498,11 @@ at::Tensor conv_transpose_cpu(const at::Tensor& input_arg, const at::Tensor& wei
           }
           result = result.contiguous();
           if (p.channels_last) {
-            store_phase_output<scalar_t, true>(p, ph, result.const_data_ptr<scalar_t>(), relu, g, n0, images,
+            store_phase_output<scalar_t, true>(p, ph, result.const_data_ptr<scalar_t>(), cout, relu, g, n0, images,
                                                output.data_ptr<scalar_t>());
           } else {
-            store_phase_output<scalar_t, false>(p, ph, result.const_data_ptr<scalar_t>(), relu, g, n0, images,
-                                                output.data_ptr<scalar_t>());
+            store_phase_output<scalar_t, false>(p, ph, result.const_data_ptr<scalar_t>(), cout * ph.pixels(), relu,
+                                                g, n0, images, output.data_ptr<scalar_t>());
           }
         }
       }
