@@ -225,18 +225,25 @@ def merge_into_existing(
     path: Path, rows: list[dict], meta: dict, selected: list[str]
 ) -> tuple[list[dict], dict]:
     """With --op, the rows of the other operators are kept from the existing
-    results file; the meta says which commit measured which rows."""
+    results file; every row names the commit that measured it, and the meta
+    lists the commits per family."""
     if not path.exists():
         return rows, meta
     old = json.loads(path.read_text())
     kept = [r for r in old["rows"] if r["op"] not in selected and r["family"] not in selected]
     if not kept:
         return rows, meta
+    for r in kept:
+        r.setdefault("commit", old["meta"]["commit"])
     order = {family: i for i, family in enumerate(FAMILIES)}
     merged = sorted(kept + rows, key=lambda r: order.get(r["family"], len(order)))
+    families_by_commit: dict[str, list[str]] = {}
+    for r in merged:
+        names = families_by_commit.setdefault(r["commit"], [])
+        if r["family"] not in names:
+            names.append(r["family"])
     meta = meta | {
-        "commit": f"{meta['commit']} ({', '.join(selected)}); {old['meta']['commit']} (other rows, "
-        f"{old['meta']['date']})"
+        "commit": "; ".join(f"{c} ({', '.join(f)})" for c, f in families_by_commit.items())
     }
     return merged, meta
 
@@ -289,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             run_case(case, device, backends, args.quick)
             for case in tqdm(all_cases, desc=f"bench on {name}", unit="case", file=sys.stderr)
         ]
+        for row in rows:
+            row["commit"] = meta["commit"]
         stem = slug(name) + ("-quick" if args.quick else "")
         if args.op:
             rows, meta = merge_into_existing(args.out / f"{stem}.json", rows, meta, args.op)
