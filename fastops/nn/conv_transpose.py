@@ -12,21 +12,45 @@ from fastops._conv_transpose import output_padding_for_size
 from fastops.ops import conv_transpose as functional
 
 
-def _check_activation(activation) -> str | None:
-    if activation not in (None, "relu"):
-        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    return activation
+class _FusedConvTranspose:
+    """The forward and repr shared by ConvTranspose1d/2d (mixed in before the
+    torch class, whose constructor and parameters they keep)."""
+
+    _functional = None  # fastops.ops.conv_transpose1d / conv_transpose2d
+
+    def _init_activation(self, activation) -> None:
+        if activation not in (None, "relu"):
+            raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+        self.activation = activation
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only 'zeros' padding mode is supported for {type(self).__name__}")
+        output_padding = (
+            list(self.output_padding)
+            if output_size is None
+            else output_padding_for_size(
+                input.shape, output_size, self.kernel_size, self.stride, self.padding, self.dilation
+            )
+        )
+        return type(self)._functional(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            output_padding,
+            self.groups,
+            self.dilation,
+            activation=self.activation,
+        )
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return extra + (f", activation={self.activation!r}" if self.activation else "")
 
 
-def _output_padding(module, input: torch.Tensor, output_size, dims: int) -> list[int]:
-    if output_size is None:
-        return list(module.output_padding)
-    return output_padding_for_size(
-        input.shape, output_size, module.kernel_size, module.stride, module.padding, module.dilation
-    )
-
-
-class ConvTranspose2d(torch.nn.ConvTranspose2d):
+class ConvTranspose2d(_FusedConvTranspose, torch.nn.ConvTranspose2d):
     """:class:`torch.nn.ConvTranspose2d` computed by :func:`fastops.ops.conv_transpose2d`.
 
     ``forward(input, output_size=None)``: ``output_size`` picks among the output
@@ -34,52 +58,18 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
     transposed convolutions (torch raises for the others, as here).
     """
 
+    _functional = staticmethod(functional.conv_transpose2d)
+
     def __init__(self, *args, activation: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.activation = _check_activation(activation)
-
-    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if self.padding_mode != "zeros":
-            raise ValueError("Only 'zeros' padding mode is supported for ConvTranspose2d")
-        return functional.conv_transpose2d(
-            input,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            _output_padding(self, input, output_size, 2),
-            self.groups,
-            self.dilation,
-            activation=self.activation,
-        )
-
-    def extra_repr(self) -> str:
-        extra = super().extra_repr()
-        return extra + (f", activation={self.activation!r}" if self.activation else "")
+        self._init_activation(activation)
 
 
-class ConvTranspose1d(torch.nn.ConvTranspose1d):
+class ConvTranspose1d(_FusedConvTranspose, torch.nn.ConvTranspose1d):
     """:class:`torch.nn.ConvTranspose1d` computed by :func:`fastops.ops.conv_transpose1d`."""
 
+    _functional = staticmethod(functional.conv_transpose1d)
+
     def __init__(self, *args, activation: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.activation = _check_activation(activation)
-
-    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if self.padding_mode != "zeros":
-            raise ValueError("Only 'zeros' padding mode is supported for ConvTranspose1d")
-        return functional.conv_transpose1d(
-            input,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            _output_padding(self, input, output_size, 1),
-            self.groups,
-            self.dilation,
-            activation=self.activation,
-        )
-
-    def extra_repr(self) -> str:
-        extra = super().extra_repr()
-        return extra + (f", activation={self.activation!r}" if self.activation else "")
+        self._init_activation(activation)
