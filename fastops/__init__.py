@@ -11,6 +11,7 @@ See README.md for the operators, their backends and measured speed.
 
 from fastops import (
     _library,  # noqa: F401  (loads fastops._C and registers the ops)
+    losses,
     nn,
     ops,
     reference,
@@ -30,6 +31,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "get_backend",
+    "losses",
     "nn",
     "ops",
     "reference",

@@ -42,4 +42,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 from fastops._registrations import conv_transpose as _conv_transpose_registrations  # noqa: E402, F401
 from fastops._registrations import nms as _nms_registrations  # noqa: E402, F401
 from fastops._registrations import roi as _roi_registrations  # noqa: E402, F401
+from fastops._registrations import (  # noqa: E402, F401
+    segmentation_losses as _segmentation_loss_registrations,
+)
 from fastops._registrations import unpooling as _unpooling_registrations  # noqa: E402, F401

@@ -50,6 +50,8 @@ OPERATORS: tuple[str, ...] = (
     "multi_scale_roi_align",
     "roi_pool",
     "conv_transpose",
+    "soft_dice_statistics",
+    "lovasz_segments",
 )
 
 _AUTO_TABLE_PATH = Path(__file__).with_name("auto_backends.json")

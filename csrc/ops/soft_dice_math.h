@@ -1,0 +1,88 @@
+#pragma once
+// Per-element math of the soft-Dice statistics, shared by the CPU and CUDA
+// kernels (csrc/cpu/soft_dice.cpp, csrc/cuda/soft_dice.cu).
+//
+// The forward reduces, per (unit, class), six sums over the valid elements
+// (unit = image when per_image, else the whole batch):
+//   Σp, Σt, Σp·t, Σ|p − t|, Σ bce_with_logits(x, t), #valid
+// where p is the prediction after the activation (softmax over classes,
+// sigmoid, or none) and t the target (one-hot of the label in multiclass).
+// Everything a Dice, Jaccard or BCE − ln(Dice) loss needs is a function of
+// these sums, so the losses are formed in Python on a [units, classes, 6]
+// tensor and only this reduction and its backward touch every element.
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace fastops::soft_dice {
+
+constexpr int kStatistics = 6;
+enum Statistic : int {
+  kPredictionSum = 0,
+  kTargetSum = 1,
+  kProductSum = 2,
+  kAbsoluteDifferenceSum = 3,
+  kBceSum = 4,
+  kValidCount = 5,
+};
+
+// σ(x) without overflow for either sign.
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid(T x) {
+  if (x >= T(0)) {
+    return T(1) / (T(1) + std::exp(-x));
+  }
+  const T e = std::exp(x);
+  return e / (T(1) + e);
+}
+
+// σ'(x) = σ(x)·σ(−x), formed from both factors so that it does not round to
+// zero where σ(x) rounds to 1 (as logsigmoid(x).exp() differentiates).
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid_slope(T x) {
+  return sigmoid(x) * sigmoid(-x);
+}
+
+// Binary cross-entropy of the logit x against the target t:
+// max(x, 0) − x·t + log(1 + e^−|x|), torch's binary_cross_entropy_with_logits.
+template <typename T>
+C10_HOST_DEVICE inline T bce_with_logits(T x, T t) {
+  return (x > T(0) ? x : T(0)) - x * t + std::log1p(std::exp(-std::abs(x)));
+}
+
+// d bce / dx = σ(x) − t.
+template <typename T>
+C10_HOST_DEVICE inline T bce_with_logits_slope(T x, T t) {
+  return sigmoid(x) - t;
+}
+
+// sign(v) with sign(0) = 0, torch.sign's (and the L1 norm's subgradient).
+template <typename T>
+C10_HOST_DEVICE inline T sign(T v) {
+  return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0));
+}
+
+// The derivative of Σp·w0 + Σt·w1 + Σp·t·w2 + Σ|p − t|·w3 with respect to
+// one p, for the statistic gradients g = [w0..w5] of its (unit, class). The
+// BCE term depends on the logit, not on p: bce_with_logits_slope adds it.
+template <typename T>
+C10_HOST_DEVICE inline T prediction_gradient(const T* g, T p, T t) {
+  return g[kPredictionSum] + g[kProductSum] * t + g[kAbsoluteDifferenceSum] * sign(p - t);
+}
+
+// Whether a multilabel target value takes part (it is not the ignore value).
+template <typename T>
+C10_HOST_DEVICE inline bool target_is_valid(T t, bool has_ignore, double ignore_value) {
+  return !has_ignore || static_cast<double>(t) != ignore_value;
+}
+
+// Whether a multiclass label takes part. A label outside [0, C) that is not
+// the ignore value is background in every class (the public functions reject
+// such labels before any kernel runs, except while compiling or capturing).
+C10_HOST_DEVICE inline bool label_is_valid(int64_t label, bool has_ignore, int64_t ignore_index) {
+  return !has_ignore || label != ignore_index;
+}
+
+}  // namespace fastops::soft_dice
