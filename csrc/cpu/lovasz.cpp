@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/poison.h"
 #include "ops/lovasz_math.h"
 #include "ops/segmentation_losses.h"
 #include "ops/soft_dice_math.h"
@@ -237,6 +238,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lovasz_segments_cpu(
   if (sorted_entries.numel() == 0) {
     return {losses, foreground_counts, valid_counts, sorted_entries};
   }
+  // Every segment's loss and count is written below.
+  poison_if_enabled(losses);
+  poison_if_enabled(foreground_counts);
   const SegmentLayout layout = make_layout(p, labels.const_data_ptr<int64_t>());
   std::copy(layout.valid_counts.begin(), layout.valid_counts.end(), valid_counts.data_ptr<int64_t>());
   uint32_t* entries = reinterpret_cast<uint32_t*>(sorted_entries.data_ptr<int32_t>());
@@ -246,6 +250,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lovasz_segments_cpu(
     std::vector<key_t> keys(sorted_entries.numel());
     fill_segments(p, layout, input.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), keys.data(),
                   entries);
+    const int64_t used = layout.unit_bases.back() + p.segment_classes * layout.valid_counts.back();
+    std::fill(entries + used, entries + sorted_entries.numel(), kUnusedEntry);
     acc_t* loss = losses.data_ptr<acc_t>();
     int64_t* foreground = foreground_counts.data_ptr<int64_t>();
     at::parallel_for(0, segments, 1, [&](int64_t begin, int64_t end) {
@@ -299,6 +305,7 @@ at::Tensor lovasz_segments_backward_cpu(const at::Tensor& grad_losses, const at:
   if (input.numel() == 0) {
     return grad_input;
   }
+  poison_if_enabled(grad_input);
   const int64_t* valid = valid_counts.const_data_ptr<int64_t>();
   std::vector<int64_t> unit_bases(p.units, 0);
   for (int64_t u = 1; u < p.units; ++u) {

@@ -31,6 +31,8 @@ enum Kind : int64_t {
 };
 
 constexpr uint32_t kForegroundBit = 0x80000000u;
+// sorted_entries past the last segment (ignored pixels' share) hold this.
+constexpr uint32_t kUnusedEntry = 0xffffffffu;
 
 C10_HOST_DEVICE inline uint32_t pack_entry(int64_t pixel, bool foreground) {
   return static_cast<uint32_t>(pixel) | (foreground ? kForegroundBit : 0u);

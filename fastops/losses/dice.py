@@ -9,6 +9,8 @@ second single pass. The formulas below act on those [units, classes, 6] sums.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastops import backends, reference
@@ -49,8 +51,9 @@ def _normalise(input, target, mode, ignore_index, from_logits):
     if input.dim() < 2:
         raise ValueError(f"input must be [N, C, *], got shape {tuple(input.shape)}")
     n, c = input.shape[:2]
+    pixels = math.prod(input.shape[2:])
     check_same_batch("target", target, input)
-    x = input.reshape(n, c, -1).contiguous()
+    x = input.reshape(n, c, pixels).contiguous()
     if mode == "multiclass":
         labels = as_labels("target", target, input)
         if tuple(labels.shape) != (n, *input.shape[2:]):
@@ -59,7 +62,7 @@ def _normalise(input, target, mode, ignore_index, from_logits):
                 f"{tuple(input.shape)}, got {tuple(labels.shape)}"
             )
         check_label_values("target", labels, f"class labels in [0, {c})", 0, c - 1, ignore_index)
-        t = labels.reshape(n, -1).contiguous()
+        t = labels.reshape(n, pixels).contiguous()
     else:
         if mode == "binary" and c != 1:
             raise ValueError(f"binary mode takes input [N, 1, *], got shape {tuple(input.shape)}")
@@ -68,7 +71,7 @@ def _normalise(input, target, mode, ignore_index, from_logits):
             raise ValueError(
                 f"target of shape {tuple(t.shape)} does not match input of shape {tuple(input.shape)}"
             )
-        t = t.reshape(n, c, -1).contiguous()
+        t = t.reshape(n, c, pixels).contiguous()
     if not from_logits:
         check_probabilities("input", input)
     return x, t

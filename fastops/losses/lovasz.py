@@ -17,6 +17,8 @@ there); counts stay exact past 2^24 pixels (its float32 cumsum does not).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastops import backends, reference
@@ -41,7 +43,7 @@ def _labels_like(labels, predictions: torch.Tensor) -> torch.Tensor:
     labels = as_labels("labels", labels, predictions)
     check_same_batch("labels", labels, predictions)
     n = predictions.shape[0]
-    pixels = predictions[0].numel() // max(predictions.shape[1], 1) if predictions.dim() > 1 else 1
+    pixels = math.prod(predictions.shape[2:])
     if labels.numel() != n * pixels:
         raise ValueError(
             f"labels of shape {tuple(labels.shape)} do not match predictions of shape "
@@ -122,11 +124,11 @@ def lovasz_softmax(
             weights = None
         else:
             selected = check_classes_list("classes", classes, c)
-            weights = torch.bincount(torch.tensor(selected, dtype=torch.long), minlength=c)
+            weights = [selected.count(k) for k in range(c)]
         check_label_values("labels", y, f"class labels in [0, {c})", 0, c - 1, ignore)
     if not from_logits:
         check_probabilities("probas", probas)
-    x = probas.reshape(n, c, -1).contiguous()
+    x = probas.reshape(n, c, math.prod(probas.shape[2:])).contiguous()
     kind = _SOFTMAX_LOGITS if from_logits else _SOFTMAX_PROBABILITIES
     backend, outputs = _segments(x, y, kind, ignore, per_image, foreground_class)
     if backend == "reference":
@@ -138,7 +140,8 @@ def lovasz_softmax(
         unit_losses = losses[:, 0]
     else:
         if weights is not None:
-            class_weights = weights.to(device=losses.device, dtype=losses.dtype).expand_as(losses)
+            class_weights = torch.tensor(weights, dtype=losses.dtype, device=losses.device)
+            class_weights = class_weights.expand_as(losses)
         elif classes == "present":
             class_weights = (foreground_counts > 0).to(losses.dtype)
         else:
@@ -171,7 +174,7 @@ def lovasz_hinge(
     if logits.dim() < 1:
         raise ValueError("logits must be [B, *], got a 0-d tensor")
     n = logits.shape[0]
-    x = logits.reshape(n, 1, -1).contiguous()
+    x = logits.reshape(n, 1, math.prod(logits.shape[1:])).contiguous()
     y = _labels_like(labels, x)
     check_label_values("labels", y, "0 or 1", 0, 1, ignore)
     backend, outputs = _segments(x, y, _HINGE, ignore, per_image, 1)

@@ -13,6 +13,8 @@ compute dtype (float64 for float64 input).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -60,10 +62,10 @@ def lovasz_softmax(
     e = |fg − p|; a unit with no selected class contributes 0. With C = 1,
     ``classes`` is ``[k]``: p is the sigmoid probability of foreground label k."""
     n, c = probas.shape[:2]
-    x = probas.reshape(n, c, -1).to(_compute_dtype(probas.dtype))
+    x = probas.reshape(n, c, math.prod(probas.shape[2:])).to(_compute_dtype(probas.dtype))
     if from_logits:
         x = torch.sigmoid(x) if c == 1 else torch.softmax(x, dim=1)
-    y = labels.reshape(n, 1, -1)
+    y = labels.reshape(n, 1, math.prod(labels.shape[1:]))
     unit_losses = []
     for p, lab in zip(_units(x, per_image), _units(y, per_image), strict=True):
         lab = lab.reshape(-1)
@@ -89,8 +91,8 @@ def lovasz_hinge(
 ) -> torch.Tensor:
     """Mean over units of Σ max(e_sorted, 0)·g, e = 1 − x·(2y − 1), y ∈ {0, 1}."""
     n = logits.shape[0]
-    x = logits.reshape(n, 1, -1).to(_compute_dtype(logits.dtype))
-    y = labels.reshape(n, 1, -1)
+    x = logits.reshape(n, 1, math.prod(logits.shape[1:])).to(_compute_dtype(logits.dtype))
+    y = labels.reshape(n, 1, math.prod(labels.shape[1:]))
     unit_losses = []
     for scores, lab in zip(_units(x, per_image), _units(y, per_image), strict=True):
         scores, lab = scores.reshape(-1), lab.reshape(-1)

@@ -9,6 +9,8 @@ computed in float32 (float64 for float64 input) and returned in input's dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -20,9 +22,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _probabilities_and_targets(input, target, multiclass, from_logits, ignore_index):
     """(p, t, valid) as [N, C, S] tensors in the compute dtype."""
     n, c = input.shape[:2]
-    x = input.reshape(n, c, -1).to(_compute_dtype(input.dtype))
+    pixels = math.prod(input.shape[2:])
+    x = input.reshape(n, c, pixels).to(_compute_dtype(input.dtype))
     if multiclass:
-        labels = target.reshape(n, -1)
+        labels = target.reshape(n, pixels)
         valid = torch.ones_like(labels, dtype=torch.bool)
         if ignore_index is not None:
             valid = labels != ignore_index
@@ -31,7 +34,7 @@ def _probabilities_and_targets(input, target, multiclass, from_logits, ignore_in
         t = (labels.unsqueeze(1) == classes).to(x.dtype)
         valid = valid.unsqueeze(1).expand(n, c, -1)
     else:
-        t = target.reshape(n, c, -1).to(x.dtype)
+        t = target.reshape(n, c, pixels).to(x.dtype)
         valid = torch.ones_like(t, dtype=torch.bool)
         if ignore_index is not None:
             valid = t != ignore_index
