@@ -94,7 +94,10 @@ opt = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 # the resulting libgomp.so.1 dependency resolves to the copy torch has already loaded.
 # -ffp-contract=off: no fused multiply-adds, so CPU arithmetic rounds as the CUDA
 # kernels (which use non-fusable intrinsics) do; see csrc/ops/box_iou_math.h.
-extra_compile_args = {"cxx": [*opt, "-fopenmp", "-Wall", "-ffp-contract=off"]}
+# -fno-trapping-math: floating-point exceptions are never unmasked, so the
+# compiler may evaluate both sides of a select and vectorise it (the loss
+# kernels' sigmoid and sign); results are unchanged (no reassociation).
+extra_compile_args = {"cxx": [*opt, "-fopenmp", "-Wall", "-ffp-contract=off", "-fno-trapping-math"]}
 extra_link_args = ["-fopenmp"]
 
 if USE_CUDA:

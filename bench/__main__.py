@@ -26,7 +26,7 @@ import fastops
 from bench.cases import Case, on_backend
 from bench.timing import copy_bandwidth_gbps, time_cpu, time_cuda, time_cuda_graph
 
-FAMILIES = ["unpooling", "nms", "roi", "conv_transpose"]
+FAMILIES = ["unpooling", "nms", "roi", "conv_transpose", "losses"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -73,9 +73,10 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
     whichever ran at the better moment."""
     references = case.references or {"": case.reference}
     calls = {("reference", name): fn for name, fn in references.items()}
+    calls |= {("floor", name): fn for name, fn in (case.floors or {}).items()}
     calls |= {b: on_backend(b, case.run) for b in backends}
     if device.type == "cuda":
-        runs = 30 if quick else 100
+        runs = case.runs or (30 if quick else 100)
         times = {name: time_cuda(fn, runs=runs).median_ms for name, fn in calls.items()}
     else:
         rounds = 3
@@ -84,7 +85,9 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
         for _ in range(rounds):
             for name, fn in calls.items():
                 times[name] = min(times[name], time_cpu(fn, min_run_time=min_run_time).median_ms)
-    reference_times = {key[1]: t for key, t in times.items() if isinstance(key, tuple)}
+    reference_times = {
+        k[1]: t for k, t in times.items() if isinstance(k, tuple) and k[0] == "reference"
+    }
     fastest_reference = min(reference_times, key=reference_times.get)
     row = {
         "family": case.family,
@@ -100,6 +103,12 @@ def run_case(case: Case, device: torch.device, backends: list[str], quick: bool)
         "reference_ms": reference_times[fastest_reference],
         "fastops_ms": {b: times[b] for b in backends},
     }
+    if len(reference_times) > 1:
+        row["reference_ms_each"] = reference_times
+    if case.floors:
+        row["floor_ms_each"] = {
+            k[1]: t for k, t in times.items() if isinstance(k, tuple) and k[0] == "floor"
+        }
     if device.type == "cuda" and case.graph:
         reference_graph = time_cuda_graph(case.reference)
         row["reference_graph_ms"] = reference_graph.median_ms if reference_graph else None
@@ -151,6 +160,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         header += ["TFLOP/s", "reference TFLOP/s"]
     if graphs:
         header += ["reference graph ms"] + [f"{b} graph ms" for b in backends]
+    each = any("reference_ms_each" in r or "floor_ms_each" in r for r in rows)
+    if each:
+        header += ["each reference ms", "measured floor ms"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         floored = r["fastops_gbps"] is not None
@@ -186,6 +198,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             reference_graph = r.get("reference_graph_ms")
             cells += [f"{reference_graph:.4f}" if reference_graph else ""]
             cells += [f"{graph_ms[b]:.4f}" if graph_ms.get(b) else "" for b in backends]
+        if each:
+            cells += [
+                "; ".join(f"{k}: {v:.3f}" for k, v in r.get(key, {}).items())
+                for key in ("reference_ms_each", "floor_ms_each")
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -194,7 +211,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "it with int64 indices. speedup: reference / the fastest fastops backend. GB/s: minimal bytes / fastops time "
         "(empty for operators bound by compute or latency, such as NMS). TFLOP/s: useful floating-point "
         "operations / time, for compute-bound operators (conv_transpose). A reference named with "
-        "'[layout faster]' was timed in several layouts and the fastest counts.",
+        "'[layout faster]' was timed in several layouts and the fastest counts. each reference ms: every "
+        "implementation replaced, timed in the same run (the fastest is 'reference ms'); measured floor ms: a "
+        "call that bounds the op from below (the losses: a key-value sort of as many elements).",
     ]
     return "\n".join(lines) + "\n"
 

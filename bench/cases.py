@@ -33,6 +33,10 @@ class Case:
     # Several forms of the reference (e.g. per memory layout): each is timed and the
     # fastest counts as the reference; None: `reference` alone.
     references: dict[str, Callable[[], object]] | None = field(repr=False, default=None)
+    # Calls timed in the same run that bound the op from below (e.g. a key-value sort of as
+    # many elements as the Lovász loss sorts); recorded per row, never counted as a reference.
+    floors: dict[str, Callable[[], object]] | None = field(repr=False, default=None)
+    runs: int | None = None  # CUDA timing runs, fewer for calls that take seconds
 
 
 def on_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:

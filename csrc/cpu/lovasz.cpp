@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/poison.h"
+#include "cpu/vector_math.h"
 #include "ops/lovasz_math.h"
 #include "ops/segmentation_losses.h"
 #include "ops/soft_dice_math.h"
@@ -108,30 +109,18 @@ void load_predictions(const LovaszProblem& p, const scalar_t* input, int64_t n, 
     return;
   }
   if (p.classes == 1) {
+    std::array<acc_t, kTile> e;
     for (int64_t i = 0; i < count; ++i) {
-      tile[i] = soft_dice::sigmoid(tile[i]);
+      e[i] = -std::abs(tile[i]);
+    }
+    cpu::exp_inplace(e.data(), count);
+    for (int64_t i = 0; i < count; ++i) {
+      tile[i] = soft_dice::sigmoid_from_exp(tile[i], e[i]);
     }
     return;
   }
-  std::array<acc_t, kTile> maximum, total;
-  std::copy(tile, tile + count, maximum.begin());
-  for (int64_t c = 1; c < p.classes; ++c) {
-    for (int64_t i = 0; i < count; ++i) {
-      maximum[i] = std::max(maximum[i], tile[c * kTile + i]);
-    }
-  }
-  std::fill(total.begin(), total.begin() + count, acc_t(0));
-  for (int64_t c = 0; c < p.classes; ++c) {
-    for (int64_t i = 0; i < count; ++i) {
-      tile[c * kTile + i] = std::exp(tile[c * kTile + i] - maximum[i]);
-      total[i] += tile[c * kTile + i];
-    }
-  }
-  for (int64_t c = 0; c < p.classes; ++c) {
-    for (int64_t i = 0; i < count; ++i) {
-      tile[c * kTile + i] /= total[i];
-    }
-  }
+  std::array<acc_t, 2 * kTile> scratch;
+  cpu::softmax_columns(tile, p.classes, kTile, count, scratch.data());
 }
 
 template <typename acc_t>

@@ -1,5 +1,10 @@
 // CPU kernels of soft_dice_statistics and its backward.
 //
+// Transcendentals (exp for the softmax and sigmoid, log1p for the BCE) run
+// over whole tiles through cpu/vector_math.h; the logistic terms are formed
+// from e = exp(−|x|) (soft_dice_math.h), and the sums use selects rather than
+// branches so the compiler vectorises them.
+//
 // Forward: the elements are cut into fixed chunks (an image and a run of
 // pixels), independent of the thread count; each chunk sums its six
 // statistics per class in the accumulation type, and the chunks are added in
@@ -23,7 +28,9 @@
 #include <vector>
 
 #include "common/cpu_multiversion.h"
+#include "common/poison.h"
 #include "ops/segmentation_losses.h"
+#include "cpu/vector_math.h"
 #include "ops/soft_dice_math.h"
 
 namespace fastops {
@@ -48,37 +55,6 @@ std::vector<Chunk> make_chunks(const SoftDiceProblem& p) {
   return chunks;
 }
 
-// Softmax (or the identity) of a tile: logits [C, count] (row stride kTile)
-// become probabilities in place.
-template <typename acc_t>
-FASTOPS_CPU_MULTIVERSION void tile_softmax(acc_t* tile, int64_t classes, int64_t count) {
-  std::array<acc_t, kTile> maximum, total;
-  std::copy(tile, tile + count, maximum.begin());
-  for (int64_t c = 1; c < classes; ++c) {
-    const acc_t* row = tile + c * kTile;
-    for (int64_t i = 0; i < count; ++i) {
-      maximum[i] = std::max(maximum[i], row[i]);
-    }
-  }
-  std::fill(total.begin(), total.begin() + count, acc_t(0));
-  for (int64_t c = 0; c < classes; ++c) {
-    acc_t* row = tile + c * kTile;
-    for (int64_t i = 0; i < count; ++i) {
-      row[i] = std::exp(row[i] - maximum[i]);
-      total[i] += row[i];
-    }
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    total[i] = acc_t(1) / total[i];
-  }
-  for (int64_t c = 0; c < classes; ++c) {
-    acc_t* row = tile + c * kTile;
-    for (int64_t i = 0; i < count; ++i) {
-      row[i] *= total[i];
-    }
-  }
-}
-
 template <typename scalar_t, typename acc_t>
 void load_tile(const SoftDiceProblem& p, const scalar_t* input, int64_t n, int64_t s, int64_t count, acc_t* tile) {
   for (int64_t c = 0; c < p.classes; ++c) {
@@ -89,79 +65,152 @@ void load_tile(const SoftDiceProblem& p, const scalar_t* input, int64_t n, int64
   }
 }
 
-// Adds one chunk's statistics to `sums` [C, 6].
-template <typename scalar_t>
-void multiclass_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input, const int64_t* labels,
-                                 const Chunk& chunk, at::opmath_type<scalar_t>* sums) {
-  using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> tile(p.classes * kTile);
-  std::array<bool, kTile> valid;
-  for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
-    const int64_t count = std::min(kTile, chunk.end - s);
-    const int64_t* label = labels + chunk.image * p.pixels + s;
-    load_tile(p, input, chunk.image, s, count, tile.data());
-    if (p.from_logits) {
-      tile_softmax(tile.data(), p.classes, count);
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      valid[i] = label_is_valid(label[i], p.has_ignore, p.ignore_index);
-    }
-    for (int64_t c = 0; c < p.classes; ++c) {
-      const acc_t* prob = tile.data() + c * kTile;
-      acc_t sp = 0, st = 0, spt = 0, sd = 0, sn = 0;
-      for (int64_t i = 0; i < count; ++i) {
-        if (!valid[i]) {
-          continue;
-        }
-        const acc_t t = label[i] == c ? acc_t(1) : acc_t(0);
-        sp += prob[i];
-        st += t;
-        spt += prob[i] * t;
-        sd += std::abs(prob[i] - t);
-        sn += 1;
-      }
-      acc_t* out = sums + c * kStatistics;
-      out[kPredictionSum] += sp;
-      out[kTargetSum] += st;
-      out[kProductSum] += spt;
-      out[kAbsoluteDifferenceSum] += sd;
-      out[kValidCount] += sn;
+// Sums over kTile elements kept in kLanes independent partial sums per
+// statistic: float addition is not associative, so the compiler vectorises a
+// sum only when the code already splits it into lanes. Masked elements are
+// zeros (and padding beyond a short tile is masked).
+constexpr int64_t kLanes = 8;
+
+template <typename acc_t>
+FASTOPS_CPU_MULTIVERSION void add_tile_to_lanes(acc_t* __restrict lanes, const acc_t* __restrict q,
+                                                const acc_t* __restrict u, const acc_t* __restrict w,
+                                                const acc_t* __restrict bce) {
+  acc_t* sp = lanes + kPredictionSum * kLanes;
+  acc_t* st = lanes + kTargetSum * kLanes;
+  acc_t* spt = lanes + kProductSum * kLanes;
+  acc_t* sd = lanes + kAbsoluteDifferenceSum * kLanes;
+  acc_t* sb = lanes + kBceSum * kLanes;
+  acc_t* sn = lanes + kValidCount * kLanes;
+  for (int64_t i = 0; i < kTile; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const acc_t qv = q[i + j], uv = u[i + j];
+      sp[j] += qv;
+      st[j] += uv;
+      spt[j] += qv * uv;
+      sd[j] += std::abs(qv - uv);
+      sn[j] += w[i + j];
+      sb[j] += bce[i + j];
     }
   }
 }
 
+// Adds the lanes, in order, to sums [classes, 6].
+template <typename acc_t>
+void add_lanes(const std::vector<acc_t>& lanes, int64_t classes, acc_t* sums) {
+  for (int64_t c = 0; c < classes; ++c) {
+    for (int64_t k = 0; k < kStatistics; ++k) {
+      acc_t total = 0;
+      for (int64_t j = 0; j < kLanes; ++j) {
+        total += lanes[(c * kStatistics + k) * kLanes + j];
+      }
+      sums[c * kStatistics + k] += total;
+    }
+  }
+}
+
+// Adds one chunk's statistics to `sums` [C, 6].
 template <typename scalar_t>
-void multilabel_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input, const scalar_t* target,
-                                 const Chunk& chunk, at::opmath_type<scalar_t>* sums) {
+FASTOPS_CPU_MULTIVERSION void multiclass_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input,
+                                                          const int64_t* labels, const Chunk& chunk,
+                                                          at::opmath_type<scalar_t>* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<acc_t> tile(p.classes * kTile), scratch(2 * kTile);
+  std::vector<acc_t> lanes(p.classes * kStatistics * kLanes, acc_t(0));
+  std::array<acc_t, kTile> q, u, w, zeros;
+  std::array<int64_t, kTile> label;
+  zeros.fill(acc_t(0));
+  for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
+    const int64_t count = std::min(kTile, chunk.end - s);
+    load_tile(p, input, chunk.image, s, count, tile.data());
+    if (p.from_logits) {
+      cpu::softmax_columns(tile.data(), p.classes, kTile, count, scratch.data());
+    }
+    for (int64_t i = 0; i < kTile; ++i) {
+      const bool inside = i < count;
+      label[i] = inside ? labels[chunk.image * p.pixels + s + i] : int64_t(-1);
+      w[i] = inside && label_is_valid(label[i], p.has_ignore, p.ignore_index) ? acc_t(1) : acc_t(0);
+    }
+    for (int64_t c = 0; c < p.classes; ++c) {
+      const acc_t* prob = tile.data() + c * kTile;
+      for (int64_t i = 0; i < kTile; ++i) {
+        const bool take = w[i] != acc_t(0);
+        q[i] = take ? prob[i] : acc_t(0);
+        u[i] = take && label[i] == c ? acc_t(1) : acc_t(0);
+      }
+      add_tile_to_lanes(lanes.data() + c * kStatistics * kLanes, q.data(), u.data(), w.data(), zeros.data());
+    }
+  }
+  add_lanes(lanes, p.classes, sums);
+}
+
+// One row run of a multilabel chunk in the accumulation type: logits x,
+// targets t, the valid mask and, from logits, e = exp(−|x|) and p = σ(x).
+template <typename acc_t>
+struct LogisticTile {
+  std::array<acc_t, kTile> x, t, e, prob, log1p_e;
+  std::array<acc_t, kTile> valid;  // 1 or 0, in acc_t so that selects on it vectorise
+};
+
+// p = σ(x) from e = exp(−|x|), over an array (a select, not a branch: the
+// signs of logits are random, and a branch mispredicted half the time).
+template <typename acc_t>
+FASTOPS_CPU_MULTIVERSION void sigmoid_from_exp_array(const acc_t* __restrict x, const acc_t* __restrict e,
+                                                     acc_t* __restrict prob, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    prob[i] = sigmoid_from_exp(x[i], e[i]);
+  }
+}
+
+template <typename scalar_t>
+void load_logistic_tile(const SoftDiceProblem& p, const scalar_t* input, const scalar_t* target, int64_t offset,
+                        int64_t count, bool with_log1p, LogisticTile<at::opmath_type<scalar_t>>& tile) {
   using acc_t = at::opmath_type<scalar_t>;
   const double ignore_value = static_cast<double>(p.ignore_index);
+  for (int64_t i = 0; i < count; ++i) {
+    tile.x[i] = static_cast<acc_t>(input[offset + i]);
+    tile.t[i] = static_cast<acc_t>(target[offset + i]);
+    tile.valid[i] = target_is_valid(tile.t[i], p.has_ignore, ignore_value) ? acc_t(1) : acc_t(0);
+  }
+  if (!p.from_logits) {
+    std::copy(tile.x.begin(), tile.x.begin() + count, tile.prob.begin());
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    tile.e[i] = -std::abs(tile.x[i]);
+  }
+  cpu::exp_inplace(tile.e.data(), count);
+  sigmoid_from_exp_array(tile.x.data(), tile.e.data(), tile.prob.data(), count);
+  if (with_log1p) {
+    std::copy(tile.e.begin(), tile.e.begin() + count, tile.log1p_e.begin());
+    cpu::log1p_inplace(tile.log1p_e.data(), count);
+  }
+}
+
+template <typename scalar_t>
+FASTOPS_CPU_MULTIVERSION void multilabel_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input,
+                                                          const scalar_t* target, const Chunk& chunk,
+                                                          at::opmath_type<scalar_t>* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  LogisticTile<acc_t> tile;
+  std::array<acc_t, kTile> q, u, w, b;
+  std::vector<acc_t> lanes(p.classes * kStatistics * kLanes, acc_t(0));
   for (int64_t c = 0; c < p.classes; ++c) {
     const int64_t row = (chunk.image * p.classes + c) * p.pixels;
-    acc_t sp = 0, st = 0, spt = 0, sd = 0, sb = 0, sn = 0;
-    for (int64_t s = chunk.begin; s < chunk.end; ++s) {
-      const acc_t t = static_cast<acc_t>(target[row + s]);
-      if (!target_is_valid(t, p.has_ignore, ignore_value)) {
-        continue;
+    acc_t* class_lanes = lanes.data() + c * kStatistics * kLanes;
+    for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
+      const int64_t count = std::min(kTile, chunk.end - s);
+      load_logistic_tile(p, input, target, row + s, count, p.with_bce, tile);
+      for (int64_t i = 0; i < kTile; ++i) {
+        const bool take = i < count && tile.valid[i] != acc_t(0);
+        q[i] = take ? tile.prob[i] : acc_t(0);
+        u[i] = take ? tile.t[i] : acc_t(0);
+        w[i] = take ? acc_t(1) : acc_t(0);
+        b[i] = take && p.with_bce ? bce_from_exp(tile.x[i], tile.t[i], tile.log1p_e[i]) : acc_t(0);
       }
-      const acc_t x = static_cast<acc_t>(input[row + s]);
-      const acc_t prob = p.from_logits ? sigmoid(x) : x;
-      sp += prob;
-      st += t;
-      spt += prob * t;
-      sd += std::abs(prob - t);
-      if (p.with_bce) {
-        sb += bce_with_logits(x, t);
-      }
-      sn += 1;
+      add_tile_to_lanes(class_lanes, q.data(), u.data(), w.data(), b.data());
     }
-    acc_t* out = sums + c * kStatistics;
-    out[kPredictionSum] += sp;
-    out[kTargetSum] += st;
-    out[kProductSum] += spt;
-    out[kAbsoluteDifferenceSum] += sd;
-    out[kBceSum] += sb;
-    out[kValidCount] += sn;
   }
+  add_lanes(lanes, p.classes, sums);
 }
 
 at::Tensor soft_dice_statistics_cpu(const at::Tensor& input_, const at::Tensor& target_, bool multiclass,
@@ -176,6 +225,7 @@ at::Tensor soft_dice_statistics_cpu(const at::Tensor& input_, const at::Tensor& 
   if (input.numel() == 0) {
     return statistics;
   }
+  poison_if_enabled(statistics);  // every sum is written below
   const std::vector<Chunk> chunks = make_chunks(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "soft_dice_statistics_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -207,20 +257,25 @@ at::Tensor soft_dice_statistics_cpu(const at::Tensor& input_, const at::Tensor& 
 }
 
 template <typename scalar_t>
-void multiclass_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad, const scalar_t* input,
-                               const int64_t* labels, const Chunk& chunk, scalar_t* grad_input) {
+FASTOPS_CPU_MULTIVERSION void multiclass_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad,
+                                                        const scalar_t* input, const int64_t* labels,
+                                                        const Chunk& chunk, scalar_t* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* g = grad + (p.units > 1 ? chunk.image : 0) * p.classes * kStatistics;
-  std::vector<acc_t> tile(p.classes * kTile), slope(p.classes * kTile);
+  std::vector<acc_t> tile(p.classes * kTile), slope(p.classes * kTile), scratch(2 * kTile);
   std::array<acc_t, kTile> dot;
+  std::array<bool, kTile> valid;
   for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
     const int64_t count = std::min(kTile, chunk.end - s);
     const int64_t* label = labels + chunk.image * p.pixels + s;
     load_tile(p, input, chunk.image, s, count, tile.data());
     if (p.from_logits) {
-      tile_softmax(tile.data(), p.classes, count);
+      cpu::softmax_columns(tile.data(), p.classes, kTile, count, scratch.data());
     }
-    std::fill(dot.begin(), dot.begin() + count, acc_t(0));
+    for (int64_t i = 0; i < count; ++i) {
+      valid[i] = label_is_valid(label[i], p.has_ignore, p.ignore_index);
+      dot[i] = 0;
+    }
     for (int64_t c = 0; c < p.classes; ++c) {
       const acc_t* prob = tile.data() + c * kTile;
       acc_t* dp = slope.data() + c * kTile;
@@ -235,34 +290,45 @@ void multiclass_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<s
       const acc_t* dp = slope.data() + c * kTile;
       scalar_t* out = grad_input + (chunk.image * p.classes + c) * p.pixels + s;
       for (int64_t i = 0; i < count; ++i) {
-        const bool valid = label_is_valid(label[i], p.has_ignore, p.ignore_index);
         const acc_t value = p.from_logits ? prob[i] * (dp[i] - dot[i]) : dp[i];
-        out[i] = static_cast<scalar_t>(valid ? value : acc_t(0));
+        out[i] = static_cast<scalar_t>(valid[i] ? value : acc_t(0));
       }
     }
   }
 }
 
 template <typename scalar_t>
-void multilabel_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad, const scalar_t* input,
-                               const scalar_t* target, const Chunk& chunk, scalar_t* grad_input) {
+FASTOPS_CPU_MULTIVERSION void multilabel_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad,
+                                                        const scalar_t* input, const scalar_t* target,
+                                                        const Chunk& chunk, scalar_t* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
-  const double ignore_value = static_cast<double>(p.ignore_index);
+  LogisticTile<acc_t> tile{};
+  std::array<acc_t, kTile> result;
   for (int64_t c = 0; c < p.classes; ++c) {
-    const acc_t* g = grad + ((p.units > 1 ? chunk.image : 0) * p.classes + c) * kStatistics;
+    // Local copies: the output may alias nothing, but the compiler cannot know.
+    std::array<acc_t, kStatistics> weights;
+    std::copy_n(grad + ((p.units > 1 ? chunk.image : 0) * p.classes + c) * kStatistics, kStatistics,
+                weights.begin());
+    const acc_t bce_weight = weights[kBceSum];
     const int64_t row = (chunk.image * p.classes + c) * p.pixels;
-    for (int64_t s = chunk.begin; s < chunk.end; ++s) {
-      const acc_t t = static_cast<acc_t>(target[row + s]);
-      const acc_t x = static_cast<acc_t>(input[row + s]);
-      acc_t value = 0;
-      if (target_is_valid(t, p.has_ignore, ignore_value)) {
-        if (p.from_logits) {
-          value = prediction_gradient(g, sigmoid(x), t) * sigmoid_slope(x) + g[kBceSum] * bce_with_logits_slope(x, t);
-        } else {
-          value = prediction_gradient(g, x, t);
+    for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
+      const int64_t count = std::min(kTile, chunk.end - s);
+      load_logistic_tile(p, input, target, row + s, count, /*with_log1p=*/false, tile);
+      // Into a local array first: the compiler cannot rule out that the
+      // output aliases the tile, and would not vectorise a loop writing it.
+      if (p.from_logits) {
+        for (int64_t i = 0; i < kTile; ++i) {
+          const acc_t dp = prediction_gradient(weights.data(), tile.prob[i], tile.t[i]);
+          const acc_t value = dp * sigmoid_slope_from_exp(tile.e[i]) + bce_weight * (tile.prob[i] - tile.t[i]);
+          result[i] = tile.valid[i] != acc_t(0) ? value : acc_t(0);
+        }
+      } else {
+        for (int64_t i = 0; i < kTile; ++i) {
+          const acc_t value = prediction_gradient(weights.data(), tile.prob[i], tile.t[i]);
+          result[i] = tile.valid[i] != acc_t(0) ? value : acc_t(0);
         }
       }
-      grad_input[row + s] = static_cast<scalar_t>(value);
+      std::copy_n(result.begin(), count, grad_input + row + s);
     }
   }
 }
@@ -282,6 +348,7 @@ at::Tensor soft_dice_statistics_backward_cpu(const at::Tensor& grad_statistics, 
   if (input.numel() == 0) {
     return grad_input;
   }
+  poison_if_enabled(grad_input);
   const std::vector<Chunk> chunks = make_chunks(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "soft_dice_statistics_backward_cpu", [&] {

@@ -28,28 +28,44 @@ enum Statistic : int {
   kValidCount = 5,
 };
 
-// σ(x) without overflow for either sign.
+// The logistic terms are written in e = exp(−|x|), which never overflows, so
+// a kernel can compute e for a whole array at once (the CPU kernels do, with
+// vectorised exp/log1p) and finish each term here:
+//   σ(x) = 1/(1 + e) for x ≥ 0, e/(1 + e) otherwise;
+//   σ'(x) = σ(x)·σ(−x) = e/(1 + e)², which does not round to zero where σ(x)
+//     rounds to 1 (as logsigmoid(x).exp() differentiates);
+//   bce(x, t) = max(x, 0) − x·t + log1p(e), torch's binary_cross_entropy_with_logits.
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid_from_exp(T x, T e) {
+  const T r = T(1) / (T(1) + e);
+  const T er = e * r;
+  return x >= T(0) ? r : er;
+}
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid_slope_from_exp(T e) {
+  const T r = T(1) / (T(1) + e);
+  return e * r * r;
+}
+template <typename T>
+C10_HOST_DEVICE inline T bce_from_exp(T x, T t, T log1p_e) {
+  return (x > T(0) ? x : T(0)) - x * t + log1p_e;
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T exp_of_minus_abs(T x) {
+  return std::exp(-std::abs(x));
+}
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
-  if (x >= T(0)) {
-    return T(1) / (T(1) + std::exp(-x));
-  }
-  const T e = std::exp(x);
-  return e / (T(1) + e);
+  return sigmoid_from_exp(x, exp_of_minus_abs(x));
 }
-
-// σ'(x) = σ(x)·σ(−x), formed from both factors so that it does not round to
-// zero where σ(x) rounds to 1 (as logsigmoid(x).exp() differentiates).
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid_slope(T x) {
-  return sigmoid(x) * sigmoid(-x);
+  return sigmoid_slope_from_exp(exp_of_minus_abs(x));
 }
-
-// Binary cross-entropy of the logit x against the target t:
-// max(x, 0) − x·t + log(1 + e^−|x|), torch's binary_cross_entropy_with_logits.
 template <typename T>
 C10_HOST_DEVICE inline T bce_with_logits(T x, T t) {
-  return (x > T(0) ? x : T(0)) - x * t + std::log1p(std::exp(-std::abs(x)));
+  return bce_from_exp(x, t, std::log1p(exp_of_minus_abs(x)));
 }
 
 // d bce / dx = σ(x) − t.
