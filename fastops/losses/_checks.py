@@ -86,3 +86,8 @@ def check_classes_list(name: str, classes, num_classes: int) -> list[int]:
         if not 0 <= c < num_classes:
             raise ValueError(f"{name}: class {c} is out of range for {num_classes} classes")
     return classes
+
+
+def check_optional_int(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{name} must be an int or None, got {value!r}")

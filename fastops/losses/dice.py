@@ -19,19 +19,13 @@ from fastops.losses._checks import (
     check_classes_list,
     check_floating,
     check_label_values,
+    check_optional_int,
     check_probabilities,
     check_same_batch,
 )
 
 MODES = ("binary", "multiclass", "multilabel")
 _PREDICTION_SUM, _TARGET_SUM, _PRODUCT_SUM, _DIFFERENCE_SUM, _BCE_SUM, _VALID_COUNT = range(6)
-
-
-def _check_ignore_index(ignore_index) -> None:
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
-    ):
-        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
 
 
 def _as_target_values(target: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
@@ -47,7 +41,7 @@ def _normalise(input, target, mode, ignore_index, from_logits):
     check_floating("input", input)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    _check_ignore_index(ignore_index)
+    check_optional_int("ignore_index", ignore_index)
     if input.dim() < 2:
         raise ValueError(f"input must be [N, C, *], got shape {tuple(input.shape)}")
     n, c = input.shape[:2]

@@ -27,16 +27,12 @@ from fastops.losses._checks import (
     check_classes_list,
     check_floating,
     check_label_values,
+    check_optional_int,
     check_probabilities,
     check_same_batch,
 )
 
 _SOFTMAX_PROBABILITIES, _SOFTMAX_LOGITS, _HINGE = 0, 1, 2
-
-
-def _check_ignore(ignore) -> None:
-    if ignore is not None and (isinstance(ignore, bool) or not isinstance(ignore, int)):
-        raise TypeError(f"ignore must be an int or None, got {ignore!r}")
 
 
 def _labels_like(labels, predictions: torch.Tensor) -> torch.Tensor:
@@ -99,7 +95,7 @@ def lovasz_softmax(
     dtype.
     """
     check_floating("probas", probas)
-    _check_ignore(ignore)
+    check_optional_int("ignore", ignore)
     if probas.dim() == 3:
         probas = probas.unsqueeze(1)
     if probas.dim() < 3:
@@ -170,7 +166,7 @@ def lovasz_hinge(
     only 1 counts as foreground. Returns a scalar in logits' dtype.
     """
     check_floating("logits", logits)
-    _check_ignore(ignore)
+    check_optional_int("ignore", ignore)
     if logits.dim() < 1:
         raise ValueError("logits must be [B, *], got a 0-d tensor")
     n = logits.shape[0]
