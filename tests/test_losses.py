@@ -5,6 +5,8 @@ of Berman's Lovász functions, and hand-computed values."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,6 +219,25 @@ def test_lovasz_nan_propagates():
     logits = torch.randn(2, 4, 4)
     logits[1, 0, 0] = float("nan")
     assert torch.isnan(on("cpu", losses.lovasz_hinge, logits, torch.randint(0, 2, (2, 4, 4))))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_lovasz_nan_sorts_first_whatever_its_sign(backend):
+    """A NaN error ranks first on every backend, as torch.sort ranks it in the
+    reference, also a NaN with its sign bit set: the other pixels' ranks, hence
+    their gradients, agree."""
+    logits = torch.randn(1, 5, 5, dtype=torch.float64)
+    logits[0, 1, 3] = -float("nan")
+    assert math.copysign(1.0, float(logits[0, 1, 3])) < 0
+    labels = torch.randint(0, 2, (1, 5, 5))
+    grads = []
+    for chosen in (backend, "reference"):
+        x = logits.clone().requires_grad_()
+        loss = on(chosen, losses.lovasz_hinge, x, labels)
+        assert torch.isnan(loss)
+        loss.backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], equal_nan=True)
 
 
 # --- Lovász hinge ----------------------------------------------------------------------------

@@ -94,6 +94,8 @@ _SIGN32 = tl.constexpr(0x80000000)
 _MAGNITUDE32 = tl.constexpr(0x7FFFFFFF)
 _MAGNITUDE64 = tl.constexpr(0x7FFFFFFFFFFFFFFF)
 _SIGN64 = tl.constexpr(-(2**63))
+_QUIET_NAN32 = tl.constexpr(0x7FC00000)
+_QUIET_NAN64 = tl.constexpr(0x7FF8000000000000)
 
 
 # ----------------------------------------------------------------------------
@@ -135,13 +137,14 @@ def _hinge_error(x, fg):
 @triton.jit
 def _hinge_error_slope(x, fg):
     slope = tl.where(fg, -1.0, 1.0)
-    return tl.where(_hinge_error(x, fg) > 0, slope, 0.0).to(x.dtype)
+    return tl.where(_hinge_error(x, fg) <= 0, 0.0, slope).to(x.dtype)  # NaN: slope, as torch.relu
 
 
 @triton.jit
 def _descending_key32(e):
     """descending_key(float), as an int64 in [0, 2^32)."""
     bits = e.to(tl.int32, bitcast=True).to(tl.int64) & _LOW32
+    bits = tl.where(e != e, _QUIET_NAN32, bits)  # every NaN sorts first, whatever its sign
     return tl.where(bits >= _SIGN32, bits, (~bits) & _MAGNITUDE32)
 
 
@@ -156,6 +159,7 @@ def _descending_key64(e):
     """descending_key(double) with the top bit flipped: int64 order = its
     unsigned order."""
     bits = e.to(tl.int64, bitcast=True)
+    bits = tl.where(e != e, _QUIET_NAN64, bits)
     return tl.where(bits < 0, bits & _MAGNITUDE64, ~bits)
 
 

@@ -92,17 +92,6 @@ __device__ __forceinline__ at::opmath_type<scalar_t> load_value(const scalar_t* 
   return static_cast<at::opmath_type<scalar_t>>(*p);
 }
 
-// LovaszProblem's is_valid / is_foreground are host functions; these are the
-// same rules for the device.
-__device__ __forceinline__ bool pixel_is_valid(const LovaszProblem& p, int64_t label) {
-  return !p.has_ignore || label != p.ignore_index;
-}
-__device__ __forceinline__ bool pixel_is_foreground(const LovaszProblem& p, int64_t label, int64_t segment_class) {
-  if (p.kind == kHinge) {
-    return label == 1;
-  }
-  return label == (p.classes == 1 ? p.foreground_class : segment_class);
-}
 
 // Scan inputs, over index n + 1 so the scan's last element is the total.
 struct ValidFlag {
@@ -200,7 +189,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   for (int64_t q = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; q < pixels;
        q += int64_t{gridDim.x} * blockDim.x) {
     const int64_t label = labels[q];
-    if (!pixel_is_valid(p, label)) {
+    if (!p.is_valid(label)) {
       const int64_t slot = K * valid_total + (q - valid_before[q]) * K;
       for (int64_t k = 0; k < K; ++k) {
         keys[slot + k] = kTailKey;
@@ -229,7 +218,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       }
     }
     for (int64_t k = 0; k < K; ++k) {
-      const bool foreground = pixel_is_foreground(p, label, k);
+      const bool foreground = p.is_foreground(label, k);
       const acc_t v = load_value(x + (C == 1 ? 0 : k) * S);
       acc_t error;
       if (p.kind == kHinge) {
@@ -243,11 +232,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
         }
         error = softmax_error(prediction, foreground);
       }
-      if (error != error) {
-        // One NaN for every NaN, so that "NaN sorts first" holds whatever its sign bit.
-        error = std::numeric_limits<acc_t>::quiet_NaN();
-      }
-      const auto key = descending_key(error);  // uint32_t for float, uint64_t for double
+      const auto key = descending_key(error);  // uint32_t for float, uint64_t for double; NaN first
       const int64_t slot = first_slot + k * length;
       if constexpr (kComposite) {
         keys[slot] = (static_cast<uint64_t>(unit * K + k) << 32) | key;
@@ -528,7 +513,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     split_index(q, S, n, s);
     const int64_t base = n * C * S + s;
     const int64_t label = labels[q];
-    if (!pixel_is_valid(p, label)) {
+    if (!p.is_valid(label)) {
       for (int64_t c = 0; c < C; ++c) {
         grad_input[base + c * S] = static_cast<scalar_t>(acc_t(0));
       }
@@ -537,7 +522,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     const scalar_t* x = input + base;
     if (C == 1) {
       const acc_t v = load_value(x);
-      const acc_t dp = weighted[base] * softmax_error_slope(soft_dice::sigmoid(v), pixel_is_foreground(p, label, 0));
+      const acc_t dp = weighted[base] * softmax_error_slope(soft_dice::sigmoid(v), p.is_foreground(label, 0));
       grad_input[base] = static_cast<scalar_t>(dp * soft_dice::sigmoid_slope(v));
       continue;
     }
@@ -553,7 +538,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     acc_t dot = 0;
     for (int64_t c = 0; c < C; ++c) {
       const acc_t prediction = std::exp(load_value(x + c * S) - maximum) / total;
-      const acc_t dp = weighted[base + c * S] * softmax_error_slope(prediction, pixel_is_foreground(p, label, c));
+      const acc_t dp = weighted[base + c * S] * softmax_error_slope(prediction, p.is_foreground(label, c));
       weighted[base + c * S] = dp;
       dot += prediction * dp;
     }

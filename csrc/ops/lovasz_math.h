@@ -76,7 +76,8 @@ C10_HOST_DEVICE inline T softmax_error_slope(T p, bool foreground) {
 }
 
 // e = 1 − x·(2·fg − 1). Its loss term is max(e, 0), NaN kept, and
-// d max(e, 0)/dx = −(2·fg − 1) where e > 0, else 0 (torch.relu's).
+// d max(e, 0)/dx = −(2·fg − 1) unless e ≤ 0, where it is 0: torch.relu's
+// rule, which passes the gradient of a NaN.
 template <typename T>
 C10_HOST_DEVICE inline T hinge_error(T x, bool foreground) {
   return T(1) - (foreground ? x : -x);
@@ -87,7 +88,7 @@ C10_HOST_DEVICE inline T hinge_loss_term(T e) {
 }
 template <typename T>
 C10_HOST_DEVICE inline T hinge_error_slope(T x, bool foreground) {
-  return hinge_error(x, foreground) > T(0) ? (foreground ? T(-1) : T(1)) : T(0);
+  return hinge_error(x, foreground) <= T(0) ? T(0) : (foreground ? T(-1) : T(1));
 }
 
 // Sort keys: an unsigned integer whose ascending order is the error's
@@ -96,6 +97,9 @@ C10_HOST_DEVICE inline T hinge_error_slope(T x, bool foreground) {
 C10_HOST_DEVICE inline uint32_t descending_key(float value) {
   uint32_t bits;
   memcpy(&bits, &value, sizeof(bits));
+  if (value != value) {
+    bits = 0x7fc00000u;  // every NaN as the positive quiet NaN, so it sorts first whatever its sign bit
+  }
   bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
   return ~bits;
 }
@@ -109,6 +113,9 @@ C10_HOST_DEVICE inline float error_of_key(uint32_t key) {
 C10_HOST_DEVICE inline uint64_t descending_key(double value) {
   uint64_t bits;
   memcpy(&bits, &value, sizeof(bits));
+  if (value != value) {
+    bits = 0x7ff8000000000000ull;
+  }
   bits = (bits & 0x8000000000000000ull) ? ~bits : (bits | 0x8000000000000000ull);
   return ~bits;
 }

@@ -4,6 +4,7 @@
 // CUDA kernels. Schemas and checks: csrc/ops/segmentation_losses.cpp.
 
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 
 #include <cstdint>
 #include <optional>
@@ -48,14 +49,15 @@ struct LovaszProblem {
   bool has_ignore = false;
   int64_t ignore_index = 0;
 
-  int64_t unit_of_image(int64_t n) const { return per_image ? n : 0; }
-  bool is_foreground(int64_t label, int64_t segment_class) const {
+  // Host and device: the CPU and CUDA kernels share these rules.
+  C10_HOST_DEVICE int64_t unit_of_image(int64_t n) const { return per_image ? n : 0; }
+  C10_HOST_DEVICE bool is_foreground(int64_t label, int64_t segment_class) const {
     if (kind == 2) {
       return label == 1;
     }
     return label == (classes == 1 ? foreground_class : segment_class);
   }
-  bool is_valid(int64_t label) const { return !has_ignore || label != ignore_index; }
+  C10_HOST_DEVICE bool is_valid(int64_t label) const { return !has_ignore || label != ignore_index; }
 };
 
 LovaszProblem make_lovasz_problem(const char* op, const at::Tensor& input, const at::Tensor& labels, int64_t kind,
