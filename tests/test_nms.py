@@ -56,6 +56,24 @@ def test_nms_matches_torchvision(device, backend, n):
         assert torch.equal(kept.cpu(), expected), threshold
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_mixed_dtypes_under_autocast_as_torchvision(backend):
+    """Under torch.autocast, bfloat16 boxes with float32 scores (a detector's
+    head) are suppressed in float32, as torchvision's autocast kernel does;
+    outside autocast the dtypes must agree."""
+    boxes, scores = proposals(300, dtype=torch.bfloat16), distinct_scores(300)
+    labels = torch.randint(0, 3, (300,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torchvision.ops.nms(boxes, scores, 0.5)
+        # torchvision's coordinate-offset trick rounds in bfloat16 here; per category
+        # in float32 is the right answer.
+        expected_batched = torchvision.ops.batched_nms(boxes.float(), scores, labels, 0.5)
+        assert torch.equal(on(backend, nms, boxes, scores, 0.5), expected)
+        assert torch.equal(on(backend, batched_nms, boxes, scores, labels, 0.5), expected_batched)
+    with pytest.raises(TypeError, match="must have the dtype of boxes"):
+        nms(boxes, scores, 0.5)
+
+
 def pair_at_iou(iou: float) -> torch.Tensor:
     """Two boxes 100 wide, shifted along x so that their IoU is `iou`."""
     shift = 100 * (1 - iou) / (1 + iou)

@@ -458,6 +458,54 @@ def test_multi_scale_roi_align_captures_in_a_cuda_graph(backend):
     torch.testing.assert_close(captured, fresh, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_mixed_dtypes_under_autocast_compute_in_float32(backend):
+    """As torchvision's autocast kernels: boxes and features of different dtypes
+    are pooled in float32 and returned in the features' dtype."""
+    x = feature_map(2, 3, 9, 9, dtype=torch.bfloat16)
+    rois = random_rois(6, 2, 9, 9, 0.5, dtype=torch.float32)
+    features = pyramid(dtype=torch.bfloat16)
+    boxes = pyramid_boxes([3, 2], dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torchvision.ops.roi_align(x, rois, 2, 0.5, 2)
+        expected_pool = torchvision.ops.roi_pool(x.float(), rois, 2, 0.5).bfloat16()
+        expected_multi = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 2, 2)(
+            features, boxes, [(64, 96)]
+        )
+        with fastops.use_backend(backend):
+            got = roi_align(x, rois, 2, 0.5, 2)
+            got_pool = roi_pool(x, rois, 2, 0.5)
+            got_multi = MultiScaleRoIAlign(["0", "1", "2", "3"], 2, 2)(features, boxes, [(64, 96)])
+    for value, reference in (
+        (got, expected),
+        (got_pool, expected_pool),
+        (got_multi, expected_multi),
+    ):
+        assert value.dtype == torch.bfloat16
+        torch.testing.assert_close(value, reference, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="must have the dtype of input"):
+        roi_align(x, rois, 2)  # outside autocast
+
+
+def test_multi_scale_attributes_as_torchvision():
+    """``scales`` and ``map_levels`` as torchvision keeps them: set on the first
+    call, and ``scales`` may be set by hand (``map_levels`` follows)."""
+    features = pyramid()
+    boxes = pyramid_boxes([5, 4])
+    module = MultiScaleRoIAlign(["0", "1", "2", "3"], 2, 2)
+    expected_module = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 2, 2)
+    assert module.scales is None and module.map_levels is None
+    expected = expected_module(features, boxes, [(64, 96)])
+    torch.testing.assert_close(module(features, boxes, [(64, 96)]), expected)
+    assert module.scales == expected_module.scales
+    assert torch.equal(module.map_levels(boxes), expected_module.map_levels(boxes))
+    by_hand = MultiScaleRoIAlign(["0", "1", "2", "3"], 2, 2)
+    by_hand.scales = list(expected_module.scales)
+    torch.testing.assert_close(by_hand(features, boxes, [(64, 96)]), expected)
+    half = [b.half() for b in boxes]
+    assert torch.equal(module.map_levels(half), expected_module.map_levels(half))
+
+
 def test_modules_match_torchvision_modules():
     x = feature_map(2, 3, 9, 9)
     rois = random_rois(10, 2, 9, 9, 0.5)

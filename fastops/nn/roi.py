@@ -64,6 +64,36 @@ def _infer_scale(feature: torch.Tensor, original_size: tuple[int, int]) -> float
     return 2.0 ** float(torch.tensor(approx).log2().round())
 
 
+class LevelMapper:
+    """The pyramid level of each box (Lin et al., Feature Pyramid Networks, 2017,
+    eq. 1): ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)``
+    clamped to ``[k_min, k_max]``, minus ``k_min``. ``mapper(boxes: list[Tensor[L_i, 4]])
+    -> Tensor[sum L_i]`` int64, computed on the device (no synchronisation);
+    16-bit boxes are measured in float32, as torchvision does."""
+
+    def __init__(
+        self, k_min: int, k_max: int, canonical_scale: int = 224, canonical_level: int = 4
+    ) -> None:
+        self.k_min = k_min
+        self.k_max = k_max
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+
+    def __call__(self, boxes: list[torch.Tensor]) -> torch.Tensor:
+        concatenated = torch.cat(boxes, dim=0)
+        if concatenated.dtype in (torch.float16, torch.bfloat16):
+            concatenated = concatenated.float()
+        area = (concatenated[:, 2] - concatenated[:, 0]) * (concatenated[:, 3] - concatenated[:, 1])
+        s = torch.sqrt(area)
+        target = torch.floor(
+            self.canonical_level
+            + torch.log2(s / self.canonical_scale)
+            + torch.tensor(1e-6, dtype=s.dtype, device=s.device)
+        )
+        target = torch.clamp(target, min=self.k_min, max=self.k_max)
+        return target.to(torch.int64) - self.k_min
+
+
 class MultiScaleRoIAlign(torch.nn.Module):
     """:class:`torchvision.ops.MultiScaleRoIAlign` (Lin et al., Feature Pyramid
     Networks, 2017, eq. 1): each box is pooled from the pyramid level
@@ -71,7 +101,9 @@ class MultiScaleRoIAlign(torch.nn.Module):
     clamped to the levels present, with ``aligned=False``.
 
     The level scales are inferred from the feature map and image sizes on the
-    first call and cached (torchvision's rule). Unlike torchvision, which runs
+    first call and kept in ``scales``, with the box-to-level rule in
+    ``map_levels`` (torchvision's attributes and rule; set ``scales`` by hand
+    and ``map_levels`` is derived from it). Unlike torchvision, which runs
     one ``torch.where`` (a host synchronisation) and one roi_align per level,
     the levels are computed on the device and every level is pooled in one
     kernel launch.
@@ -96,35 +128,24 @@ class MultiScaleRoIAlign(torch.nn.Module):
         self.sampling_ratio = sampling_ratio
         self.output_size = tuple(output_size)
         self.scales: list[float] | None = None
+        self.map_levels: LevelMapper | None = None
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
-        self._level_range: tuple[int, int] | None = None
 
     def _setup_scales(
         self, features: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> None:
-        if not image_shapes:
-            raise ValueError("MultiScaleRoIAlign: image_shapes is empty")
-        original = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-        self.scales = [_infer_scale(f, original) for f in features]
-        self._level_range = (
+        if self.scales is None:
+            if not image_shapes:
+                raise ValueError("MultiScaleRoIAlign: image_shapes is empty")
+            original = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+            self.scales = [_infer_scale(f, original) for f in features]
+        self.map_levels = LevelMapper(
             int(-math.log2(self.scales[0])),
             int(-math.log2(self.scales[-1])),
+            self.canonical_scale,
+            self.canonical_level,
         )
-
-    def _levels(self, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """The pyramid level of every box, on the device (no synchronisation)."""
-        k_min, k_max = self._level_range
-        concatenated = torch.cat(boxes, dim=0)
-        area = (concatenated[:, 2] - concatenated[:, 0]) * (concatenated[:, 3] - concatenated[:, 1])
-        s = torch.sqrt(area)
-        target = torch.floor(
-            self.canonical_level
-            + torch.log2(s / self.canonical_scale)
-            + torch.tensor(1e-6, dtype=s.dtype, device=s.device)
-        )
-        target = torch.clamp(target, min=k_min, max=k_max)
-        return target.to(torch.int64) - k_min
 
     def forward(
         self,
@@ -137,7 +158,7 @@ class MultiScaleRoIAlign(torch.nn.Module):
             raise ValueError(
                 f"MultiScaleRoIAlign: none of featmap_names {self.featmap_names} is in x"
             )
-        if self.scales is None:
+        if self.scales is None or self.map_levels is None:
             self._setup_scales(features, image_shapes)
         rois = roi.convert_boxes_to_roi_format(boxes)
         if len(features) == 1:
@@ -151,7 +172,7 @@ class MultiScaleRoIAlign(torch.nn.Module):
         return roi.multi_scale_roi_align(
             features,
             rois,
-            self._levels(boxes),
+            self.map_levels(boxes),
             self.scales,
             self.output_size,
             self.sampling_ratio,

@@ -76,7 +76,7 @@ def _check_nms(boxes, scores, iou_threshold, api: str, idxs=None, with_idxs: boo
         raise ValueError(
             f"{api}: scores must be [N] for boxes [N, 4], got {tuple(scores.shape)} and {tuple(boxes.shape)}"
         )
-    if scores.dtype != boxes.dtype:
+    if scores.dtype != boxes.dtype and not torch.is_autocast_enabled(boxes.device.type):
         raise TypeError(
             f"{api}: scores ({scores.dtype}) must have the dtype of boxes ({boxes.dtype})"
         )
@@ -96,6 +96,14 @@ def _check_nms(boxes, scores, iou_threshold, api: str, idxs=None, with_idxs: boo
                 f"{api}: idxs must be on the device of boxes ({boxes.device}), got {idxs.device}"
             )
     return _check_number(iou_threshold, "iou_threshold", api, 0.0, 1.0)
+
+
+def _autocast_float32(boxes: torch.Tensor, scores: torch.Tensor):
+    """Boxes and scores of different dtypes (accepted only under torch.autocast)
+    both in float32, as torchvision's autocast kernels compute NMS."""
+    if boxes.dtype == scores.dtype:
+        return boxes, scores
+    return boxes.float(), scores.float()
 
 
 def _check_max_output(max_output, api: str) -> int:
@@ -140,6 +148,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     result's length costs one device-to-host copy; :func:`nms_padded` has none.
     """
     iou_threshold = _check_nms(boxes, scores, iou_threshold, "nms")
+    boxes, scores = _autocast_float32(boxes, scores)
     backend = backends.select("nms", boxes.device)
     if backend == "reference":
         return reference.nms(boxes, scores, iou_threshold)
@@ -154,6 +163,7 @@ def batched_nms(
     score, as ``torchvision.ops.batched_nms``; the categories are compared inside
     the kernel, with no coordinate offset and no per-category loop."""
     iou_threshold = _check_nms(boxes, scores, iou_threshold, "batched_nms", idxs, with_idxs=True)
+    boxes, scores = _autocast_float32(boxes, scores)
     backend = backends.select("batched_nms", boxes.device)
     if backend == "reference":
         return reference.batched_nms(boxes, scores, idxs, iou_threshold)
@@ -169,6 +179,7 @@ def nms_padded(
     Capturable in a CUDA graph and traceable by ``torch.compile(fullgraph=True)``."""
     iou_threshold = _check_nms(boxes, scores, iou_threshold, "nms_padded")
     max_output = _check_max_output(max_output, "nms_padded")
+    boxes, scores = _autocast_float32(boxes, scores)
     backend = backends.select("nms_padded", boxes.device)
     if backend == "reference":
         return reference.nms_padded(boxes, scores, None, iou_threshold, max_output)
@@ -189,6 +200,7 @@ def batched_nms_padded(
         boxes, scores, iou_threshold, "batched_nms_padded", idxs, with_idxs=True
     )
     max_output = _check_max_output(max_output, "batched_nms_padded")
+    boxes, scores = _autocast_float32(boxes, scores)
     backend = backends.select("nms_padded", boxes.device)
     if backend == "reference":
         return reference.nms_padded(boxes, scores, idxs, iou_threshold, max_output)
@@ -225,6 +237,7 @@ def soft_nms(
     score_threshold = _check_number(score_threshold, "score_threshold", api)
     if method not in _SOFT_NMS_METHODS:
         raise ValueError(f"{api}: method must be 'gaussian' or 'linear', got {method!r}")
+    boxes, scores = _autocast_float32(boxes, scores)
     backend = backends.select("soft_nms", boxes.device)
     if backend == "reference":
         return reference.soft_nms(boxes, scores, iou_threshold, sigma, score_threshold, method)

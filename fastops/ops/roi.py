@@ -11,6 +11,10 @@ gradient, and one launch for all pyramid levels with no host synchronisation.
 Where torchvision's behaviour is undefined fastops defines it (rules in
 ``csrc/ops/roi_align_math.h``, ``roi_pool_math.h``): non-finite coordinates
 give zeros; a batch index outside [0, N) raises ``IndexError``.
+
+Under ``torch.autocast`` boxes and features of different dtypes are pooled in
+float32 and the result returned in the features' dtype, as torchvision's
+autocast kernels do (outside autocast they must share one dtype).
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def _as_rois(input: torch.Tensor, boxes, api: str) -> torch.Tensor:
         raise TypeError(
             f"{api}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
         )
-    if rois.dtype != input.dtype:
+    if rois.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
         raise TypeError(f"{api}: boxes ({rois.dtype}) must have the dtype of input ({input.dtype})")
     if rois.device != input.device:
         raise RuntimeError(
@@ -153,6 +157,10 @@ def roi_align(
         raise TypeError(f"{api}: sampling_ratio must be an int, got {sampling_ratio!r}")
     if not isinstance(aligned, bool):
         raise TypeError(f"{api}: aligned must be a bool, got {aligned!r}")
+    if rois.dtype != input.dtype:  # mixed under autocast: torchvision computes in float32
+        return roi_align(
+            input.float(), rois.float(), output_size, spatial_scale, sampling_ratio, aligned
+        ).to(input.dtype)
     backend = backends.select("roi_align", input.device)
     if backend == "reference":
         _check_batch_indices(rois, input.shape[0], api)
@@ -185,6 +193,8 @@ def roi_pool(
         raise ValueError(
             f"{api}: input planes of more than 2^31 - 1 elements do not fit the int32 argmax"
         )
+    if rois.dtype != input.dtype:  # mixed under autocast: torchvision computes in float32
+        return roi_pool(input.float(), rois.float(), output_size, spatial_scale).to(input.dtype)
     backend = backends.select("roi_pool", input.device)
     if backend == "reference":
         _check_batch_indices(rois, input.shape[0], api)
@@ -228,6 +238,16 @@ def multi_scale_roi_align(
     ):
         raise TypeError(f"{api}: levels must be an int64 tensor [K] for rois [K, 5]")
     pooled_h, pooled_w = _pair(output_size, api)
+    if rois.dtype != features[0].dtype:  # mixed under autocast: computed in float32
+        return multi_scale_roi_align(
+            [f.float() for f in features],
+            rois.float(),
+            levels,
+            scales,
+            output_size,
+            sampling_ratio,
+            aligned,
+        ).to(features[0].dtype)
     backend = backends.select("multi_scale_roi_align", features[0].device)
     if backend == "reference":
         return reference.multi_scale_roi_align(
