@@ -23,6 +23,7 @@ from fastops.backends import (
     set_backend,
     use_backend,
 )
+from fastops.compat.torchvision import patch_torchvision
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "losses",
     "nn",
     "ops",
+    "patch_torchvision",
     "reference",
     "set_backend",
     "use_backend",
