@@ -26,7 +26,7 @@ import fastops
 from bench.cases import Case, on_backend
 from bench.timing import copy_bandwidth_gbps, time_cpu, time_cuda, time_cuda_graph
 
-FAMILIES = ["unpooling", "nms", "roi", "conv_transpose", "losses"]
+FAMILIES = ["unpooling", "nms", "roi", "conv_transpose", "losses", "models"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

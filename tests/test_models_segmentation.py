@@ -541,6 +541,8 @@ def test_segnet_takes_any_size():
         (SegNet, dict(num_classes=True), "num_classes"),
         (SegNet, dict(num_classes=3, base_channels=-1), "base_channels"),
         (SegNet, dict(num_classes=3, operators="cuda"), "operators"),
+        (SegNet, dict(num_classes=3, num_stages=0), "num_stages"),
+        (SegNet, dict(num_classes=3, num_stages=6), "num_stages"),
         (UNet, dict(num_classes=3, depth=0), "depth"),
         (UNet, dict(num_classes=3, batch_norm=1), "batch_norm"),
         (UNet, dict(num_classes=3, in_channels="3"), "in_channels"),
@@ -556,3 +558,19 @@ def test_segnet_takes_any_size():
 def test_bad_constructor_arguments_raise_naming_the_argument(cls, kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("num_stages", [1, 4])
+def test_segnet_with_fewer_stages_matches_its_torch_twin(num_stages):
+    """``num_stages`` keeps the first stages of encoder and decoder (4: the
+    depth of the paper's SegNet-Basic), on fastops and PyTorch operators alike."""
+    model = SegNet(NUM_CLASSES, base_channels=4, num_stages=num_stages).double().eval()
+    twin = SegNet(NUM_CLASSES, base_channels=4, num_stages=num_stages, operators="torch")
+    twin = twin.double().eval()
+    twin.load_state_dict(model.state_dict())
+    assert len(model.encoder) == len(model.decoder) == num_stages
+    x = torch.randn(2, 3, 21, 30, dtype=torch.float64)
+    with fastops.use_backend("cpu"):
+        out = model(x)
+    assert out.shape == (2, NUM_CLASSES, 21, 30)
+    torch.testing.assert_close(out, twin(x), rtol=1e-10, atol=1e-10)

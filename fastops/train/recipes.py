@@ -36,7 +36,7 @@ class Recipe:
 def _segnet(num_classes: int, operators: str) -> torch.nn.Module:
     from fastops.models.segmentation import SegNet
 
-    return SegNet(num_classes, base_channels=16, operators=operators)
+    return SegNet(num_classes, base_channels=16, num_stages=4, operators=operators)
 
 
 def _unet(num_classes: int, operators: str) -> torch.nn.Module:
@@ -91,7 +91,7 @@ def _ssd(num_classes: int, operators: str) -> torch.nn.Module:
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
-        Recipe("segnet", SEGMENTATION, _segnet, steps=1200),
+        Recipe("segnet", SEGMENTATION, _segnet, steps=1500),
         Recipe("unet", SEGMENTATION, _unet, steps=1200),
         Recipe("fcn8s", SEGMENTATION, _fcn8s, steps=800),
         Recipe("ternausnet11", SEGMENTATION, _ternausnet11, steps=300),

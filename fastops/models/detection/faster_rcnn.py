@@ -13,7 +13,7 @@ from torch import nn
 from fastops.models.backbones import FeaturePyramid, ResNetBackbone
 from fastops.models.detection import _checks
 from fastops.models.detection.anchors import AnchorGenerator, anchor_levels
-from fastops.models.detection.images import ImageBatcher, check_images, check_targets
+from fastops.models.detection.images import ImageBatcher, check_inputs
 from fastops.models.detection.roi_heads import (
     BoxPredictor,
     MultiLevelRoIPool,
@@ -219,18 +219,14 @@ class FasterRCNN(nn.Module):
         images: torch.Tensor | list[torch.Tensor],
         targets: list[dict[str, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        image_list = check_images(images, self._api)
-        if self.training:
-            targets = check_targets(
-                targets,
-                [(int(i.shape[1]), int(i.shape[2])) for i in image_list],
-                self.num_classes,
-                self._api,
-                require_masks=self._needs_masks,
-                device=image_list[0].device,
-            )
-        else:
-            targets = None
+        image_list, targets = check_inputs(
+            images,
+            targets,
+            self.training,
+            self.num_classes,
+            self._api,
+            require_masks=self._needs_masks,
+        )
         batch, image_sizes = self.transform(image_list)
         features = self.fpn(self.backbone(batch))
         proposals, rpn_losses = self.rpn(

@@ -143,6 +143,31 @@ def check_targets(
     return checked
 
 
+def check_inputs(
+    images,
+    targets,
+    training: bool,
+    num_classes: int,
+    api: str,
+    *,
+    require_masks: bool = False,
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]] | None]:
+    """A detector's ``forward`` arguments checked: the list of images and, in
+    training, the checked targets (``None`` in eval, where targets are ignored)."""
+    image_list = check_images(images, api)
+    if not training:
+        return image_list, None
+    checked = check_targets(
+        targets,
+        [(int(i.shape[1]), int(i.shape[2])) for i in image_list],
+        num_classes,
+        api,
+        require_masks=require_masks,
+        device=image_list[0].device,
+    )
+    return image_list, checked
+
+
 class ImageBatcher(nn.Module):
     """Normalises images with ``(image - mean) / std`` per channel and pads
     them with zeros (after normalisation) at the bottom and right into one

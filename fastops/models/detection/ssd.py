@@ -27,8 +27,7 @@ from fastops.models.detection.faster_rcnn import BACKBONE_STRIDE, IMAGENET_MEAN,
 from fastops.models.detection.images import (
     ImageBatcher,
     ImageSizes,
-    check_images,
-    check_targets,
+    check_inputs,
 )
 from fastops.models.operators import get_operators
 
@@ -215,15 +214,9 @@ class SingleShotDetector(nn.Module):
         images: torch.Tensor | list[torch.Tensor],
         targets: list[dict[str, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        image_list = check_images(images, self._api)
-        if self.training:
-            targets = check_targets(
-                targets,
-                [(int(i.shape[1]), int(i.shape[2])) for i in image_list],
-                self.num_classes,
-                self._api,
-                device=image_list[0].device,
-            )
+        image_list, targets = check_inputs(
+            images, targets, self.training, self.num_classes, self._api
+        )
         batch, image_sizes = self.transform(image_list)
         feature = self.fpn(list(self.backbone(batch).values())[self.first_stage :])
         raw = self.head(feature).permute(0, 2, 3, 1)  # [N, h, w, 5 B + C]

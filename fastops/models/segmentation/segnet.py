@@ -35,6 +35,11 @@ class SegNet(nn.Module):
       narrowing to the next stage's width. In the last stage the final
       convolution is the 3x3 classifier to ``num_classes`` (no norm, no ReLU).
 
+    ``num_stages`` (1 to 5, default 5) keeps the first stages of encoder and
+    decoder only: 4 is the depth of the paper's SegNet-Basic (4 encoders and 4
+    decoders), which suits small inputs; at 64x64 five stages pool down to 2x2
+    and learn markedly slower (``python -m fastops.train segnet`` uses 4).
+
     Pooling uses ceil mode, as Caffe's pooling did, and unpooling restores the
     recorded sizes, so odd sizes (CamVid's 360x480 reaches 12x15 at stride 32)
     need no padding or cropping.
@@ -52,12 +57,16 @@ class SegNet(nn.Module):
         base_channels: int = 64,
         in_channels: int = 3,
         operators: str | Operators = "fastops",
+        num_stages: int = 5,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         check_positive_int(num_classes, "num_classes", name)
         check_positive_int(base_channels, "base_channels", name)
         check_positive_int(in_channels, "in_channels", name)
+        check_positive_int(num_stages, "num_stages", name)
+        if num_stages > len(VGG16_STAGE_DEPTHS):
+            raise ValueError(f"{name}: num_stages must be at most 5, got {num_stages}")
         ops = get_operators(operators)
         # The two functions alone, not the whole set: they pickle by reference.
         self._max_pool = ops.max_pool
@@ -65,10 +74,11 @@ class SegNet(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
 
-        widths = [base_channels * multiplier for multiplier in VGG16_WIDTH_MULTIPLIERS]
+        stage_depths = VGG16_STAGE_DEPTHS[:num_stages]
+        widths = [base_channels * m for m in VGG16_WIDTH_MULTIPLIERS[:num_stages]]
         encoder = []
         previous = in_channels
-        for depth, width in zip(VGG16_STAGE_DEPTHS, widths, strict=True):
+        for depth, width in zip(stage_depths, widths, strict=True):
             blocks = []
             for _ in range(depth):
                 blocks.append(ConvNormReLU(previous, width))
@@ -81,7 +91,7 @@ class SegNet(nn.Module):
         for stage in range(len(widths) - 1, -1, -1):
             width = widths[stage]
             # The classifier replaces the last block of the shallowest stage.
-            depth = VGG16_STAGE_DEPTHS[stage] - (1 if stage == 0 else 0)
+            depth = stage_depths[stage] - (1 if stage == 0 else 0)
             narrowed = widths[stage - 1] if stage > 0 else width
             blocks = [
                 ConvNormReLU(width, narrowed if i == depth - 1 else width) for i in range(depth)
