@@ -379,6 +379,46 @@ def test_soft_dice_matches_smp(mode, ignore_index, backend, smp):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-13)
 
 
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_soft_dice_statistics_float32_cpu(from_logits, per_image):
+    """The float32 CPU kernels (own vectorised exp, FMA where the CPU has it, partial
+    sums per tile column) against their float64 path, which the tests above hold to
+    the reference: pixel counts off the 64-pixel tiles and across a chunk boundary,
+    ignored pixels, and a label outside [0, C) (background in every class)."""
+    n, c, pixels = 3, 7, 8192 + 99
+    x = torch.randn(n, c, pixels) * 4
+    if not from_logits:
+        x = x.softmax(1)
+    y = torch.randint(0, c, (n, pixels))
+    y[torch.rand(n, pixels) < 0.1] = 255
+    y[0, 5] = c + 3
+    args = (True, from_logits, 255, per_image)
+    got = torch.ops.fastops.soft_dice_statistics(x, y, *args, False)
+    expected = torch.ops.fastops.soft_dice_statistics(x.double(), y, *args, False)
+    torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=1e-3)
+    grad = torch.randn_like(expected)
+    got = torch.ops.fastops._soft_dice_statistics_backward(grad.float(), x, y, *args)
+    expected = torch.ops.fastops._soft_dice_statistics_backward(grad, x.double(), y, *args)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_soft_dice_float32_softmax_accuracy():
+    """Per-image Σp of a one-pixel image is that pixel's softmax probability: the
+    CPU kernel's float32 softmax is within a few ulp of float64's, for gaps between
+    logits from −100 (probabilities below FLT_MIN: flushed to 0) to +20."""
+    n = 4096
+    x = torch.stack([torch.zeros(n), torch.rand(n) * 120 - 100, torch.randn(n) * 3], 1)
+    x = x.unsqueeze(-1)  # [N, 3, 1]
+    y = torch.zeros(n, 1, dtype=torch.long)
+    sums = torch.ops.fastops.soft_dice_statistics(x, y, True, True, None, True, False)
+    # The float32 subtraction x − max rounds (as in any float32 softmax): take it as given.
+    gaps = (x - x.amax(1, keepdim=True)).double()
+    expected = gaps.softmax(1)[..., 0]
+    tiny = torch.finfo(torch.float32).tiny
+    torch.testing.assert_close(sums[..., 0].double(), expected, rtol=4 * 2.0**-23, atol=tiny)
+
+
 def test_soft_dice_golden_values():
     """segmentation_models_pytorch's own test values for binary Dice on probabilities."""
     dice = losses.DiceLoss("binary", from_logits=False)

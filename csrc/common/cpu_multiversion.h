@@ -10,3 +10,26 @@
 #else
 #define FASTOPS_CPU_MULTIVERSION
 #endif
+
+// FASTOPS_CPU_AVX2_FMA compiles a function for AVX2 with FMA, for loops whose
+// multiply-adds are written as std::fma (cpu/vector_math.h multiply_add):
+// target_clones cannot add that clone next to the "avx2" one (it would rank
+// below it), so callers pick it themselves with cpu_has_avx2_fma().
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define FASTOPS_CPU_AVX2_FMA __attribute__((target("avx2,fma")))
+#define FASTOPS_HAVE_CPU_AVX2_FMA 1
+namespace fastops {
+inline bool cpu_has_avx2_fma() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+}
+}  // namespace fastops
+#else
+#define FASTOPS_CPU_AVX2_FMA
+#define FASTOPS_HAVE_CPU_AVX2_FMA 0
+namespace fastops {
+inline bool cpu_has_avx2_fma() {
+  return false;
+}
+}  // namespace fastops
+#endif

@@ -1,21 +1,23 @@
 // CPU kernels of soft_dice_statistics and its backward.
 //
-// Transcendentals (exp for the softmax and sigmoid, log1p for the BCE) run
-// over whole tiles through cpu/vector_math.h; the logistic terms are formed
-// from e = exp(−|x|) (soft_dice_math.h), and the sums use selects rather than
-// branches so the compiler vectorises them.
+// The logistic terms are formed from e = exp(−|x|) (soft_dice_math.h), and
+// the sums use selects rather than branches so the compiler vectorises them.
 //
 // Forward: the elements are cut into fixed chunks (an image and a run of
-// pixels), independent of the thread count; each chunk sums its six
-// statistics per class in the accumulation type, and the chunks are added in
-// order, so the result is the same on any number of threads. Multiclass
-// chunks work on tiles of kTile pixels: the tile's logits are loaded class by
-// class into a [C, kTile] buffer, so the softmax over classes runs along the
-// contiguous pixel axis (vectorisable), and the one-hot target is a compare
-// per element, never a tensor.
+// pixels), independent of the thread count; each chunk sums its statistics
+// per class in the accumulation type, and the chunks are added in order, so
+// the result is the same on any number of threads. Multiclass chunks work on
+// tiles of kTile pixels: the tile's logits are loaded class by class into a
+// [C, kTile] buffer, so the softmax over classes runs along the contiguous
+// pixel axis, with an exp inlined into the loop (cpu/vector_math.h
+// exp_inline) and compiled with FMA where the CPU has it; the one-hot target
+// is a compare per element, never a tensor; the per-class sums are kept per
+// tile column (elementwise adds) and reduced once per chunk; Σt and the valid
+// count come from a per-pixel histogram of the labels. Multilabel chunks take
+// exp/log1p over whole rows through SLEEF (exp_inplace, log1p_inplace).
 //
 // Backward: the same tiles, elementwise; the softmax Jacobian needs the
-// per-pixel Σ_k p_k·dp_k, which the tile holds.
+// per-pixel Σ_k p_k·dp_k, computed before the gradient is written.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -40,6 +42,7 @@ using namespace soft_dice;
 
 constexpr int64_t kTile = 64;
 constexpr int64_t kChunkPixels = 8192;
+constexpr int64_t kLanes = 8;  // independent partial sums per statistic (see add_tile_to_lanes)
 
 struct Chunk {
   int64_t image, begin, end;
@@ -55,13 +58,162 @@ std::vector<Chunk> make_chunks(const SoftDiceProblem& p) {
   return chunks;
 }
 
+// The tile's logits (or probabilities), class by class, as [C, kTile] in the
+// accumulation type; columns beyond `count` are zeros, so that the loops over
+// a whole tile (a constant trip count, which vectorises) compute on finite
+// values that the masks then drop.
 template <typename scalar_t, typename acc_t>
 void load_tile(const SoftDiceProblem& p, const scalar_t* input, int64_t n, int64_t s, int64_t count, acc_t* tile) {
   for (int64_t c = 0; c < p.classes; ++c) {
     const scalar_t* row = input + (n * p.classes + c) * p.pixels + s;
+    acc_t* out = tile + c * kTile;
     for (int64_t i = 0; i < count; ++i) {
-      tile[c * kTile + i] = static_cast<acc_t>(row[i]);
+      out[i] = static_cast<acc_t>(row[i]);
     }
+    std::fill(out + count, out + kTile, acc_t(0));
+  }
+}
+
+// A tile's labels as what the per-class loops compare with: `label` is the
+// class in [0, C) of a valid pixel and −1 otherwise (ignored, padding, or a
+// label outside [0, C), which is background in every class); `valid` is 1 for
+// a pixel that counts (also one with an out-of-range label) and 0 otherwise,
+// in the accumulation type so that selects on it vectorise. Returns the
+// number of valid pixels and adds each class's pixel count to `class_counts`.
+template <typename acc_t>
+int64_t load_labels(const SoftDiceProblem& p, const int64_t* labels, int64_t count, int32_t* __restrict label,
+                    acc_t* __restrict valid, int64_t* class_counts) {
+  for (int64_t i = 0; i < kTile; ++i) {
+    const int64_t value = i < count ? labels[std::min(i, count - 1)] : int64_t(-1);
+    const bool counts = i < count && label_is_valid(value, p.has_ignore, p.ignore_index);
+    const bool in_range = counts && value >= 0 && value < p.classes;
+    label[i] = in_range ? static_cast<int32_t>(value) : int32_t(-1);
+    valid[i] = counts ? acc_t(1) : acc_t(0);
+  }
+  int64_t valid_pixels = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    valid_pixels += valid[i] != acc_t(0) ? 1 : 0;
+    class_counts[label[i] >= 0 ? label[i] : p.classes] += 1;  // slot C collects the rest
+  }
+  return valid_pixels;
+}
+
+// Softmax numerators e = exp(x − max_k x_k) over the classes of a [C, kTile]
+// tile, in place, and the reciprocal of their sum per pixel.
+template <bool kFused, typename acc_t>
+C10_ALWAYS_INLINE void softmax_numerators(acc_t* __restrict tile, int64_t classes, acc_t* __restrict reciprocal) {
+  std::array<acc_t, kTile> maximum, total;
+  std::copy_n(tile, kTile, maximum.begin());
+  for (int64_t c = 1; c < classes; ++c) {
+    const acc_t* row = tile + c * kTile;
+    for (int64_t i = 0; i < kTile; ++i) {
+      maximum[i] = row[i] > maximum[i] ? row[i] : maximum[i];
+    }
+  }
+  total.fill(acc_t(0));
+  for (int64_t c = 0; c < classes; ++c) {
+    acc_t* row = tile + c * kTile;
+    for (int64_t i = 0; i < kTile; ++i) {
+      row[i] = cpu::exp_inline<kFused>(row[i] - maximum[i]);
+      total[i] += row[i];
+    }
+  }
+  for (int64_t i = 0; i < kTile; ++i) {
+    reciprocal[i] = acc_t(1) / total[i];
+  }
+}
+
+// Adds a class's row of a tile to its Σp, Σp·t and Σ|p − t| partial sums,
+// kept per tile column ([3, kTile]: elementwise adds, which vectorise without
+// reassociating a float sum), with p = e·scale of the valid pixels and
+// t = [label == c].
+template <typename acc_t>
+C10_ALWAYS_INLINE void add_class_tile(const acc_t* __restrict row, const acc_t* __restrict scale,
+                                      const acc_t* __restrict valid, const int32_t* __restrict label, int32_t c,
+                                      acc_t* __restrict partial) {
+  acc_t* __restrict sp = partial;
+  acc_t* __restrict spt = partial + kTile;
+  acc_t* __restrict sd = partial + 2 * kTile;
+  for (int64_t i = 0; i < kTile; ++i) {
+    // A select, not a product with the mask: an ignored pixel's NaN must
+    // not enter the sums. Both sides computed first, so it is a blend.
+    const acc_t prob = row[i] * scale[i];
+    const acc_t q = valid[i] != acc_t(0) ? prob : acc_t(0);
+    const acc_t u = label[i] == c ? acc_t(1) : acc_t(0);
+    sp[i] += q;
+    spt[i] += q * u;
+    sd[i] += std::abs(q - u);
+  }
+}
+
+// Adds one chunk's statistics to `sums` [C, 6]. Per class only Σp, Σp·t and
+// Σ|p − t| need an element loop (kLanes independent partial sums each: float
+// addition is not associative, so the compiler vectorises a sum only when the
+// code already splits it into lanes); Σt is the class's pixel count, the
+// valid count is the same for every class, and there is no BCE term.
+template <typename scalar_t, bool kFused>
+C10_ALWAYS_INLINE void multiclass_chunk_statistics_body(const SoftDiceProblem& p, const scalar_t* input,
+                                                        const int64_t* labels, const Chunk& chunk,
+                                                        at::opmath_type<scalar_t>* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kSums = 3;
+  std::vector<acc_t> tile(p.classes * kTile);
+  std::vector<acc_t> partial(p.classes * kSums * kTile, acc_t(0));
+  std::vector<int64_t> class_counts(p.classes + 1, 0);
+  std::array<acc_t, kTile> valid, scale;
+  std::array<int32_t, kTile> label;
+  int64_t valid_pixels = 0;
+  for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
+    const int64_t count = std::min(kTile, chunk.end - s);
+    load_tile(p, input, chunk.image, s, count, tile.data());
+    valid_pixels += load_labels(p, labels + chunk.image * p.pixels + s, count, label.data(), valid.data(),
+                                class_counts.data());
+    if (p.from_logits) {
+      softmax_numerators<kFused>(tile.data(), p.classes, scale.data());
+    } else {
+      scale.fill(acc_t(1));
+    }
+    for (int64_t c = 0; c < p.classes; ++c) {
+      add_class_tile(tile.data() + c * kTile, scale.data(), valid.data(), label.data(), static_cast<int32_t>(c),
+                     partial.data() + c * kSums * kTile);
+    }
+  }
+  for (int64_t c = 0; c < p.classes; ++c) {
+    acc_t* out = sums + c * kStatistics;
+    const acc_t* class_partial = partial.data() + c * kSums * kTile;
+    for (int64_t k = 0; k < kSums; ++k) {
+      acc_t total = 0;
+      for (int64_t i = 0; i < kTile; ++i) {
+        total += class_partial[k * kTile + i];
+      }
+      out[k == 0 ? kPredictionSum : (k == 1 ? kProductSum : kAbsoluteDifferenceSum)] += total;
+    }
+    out[kTargetSum] += static_cast<acc_t>(class_counts[c]);
+    out[kValidCount] += static_cast<acc_t>(valid_pixels);
+  }
+}
+
+// The multiclass chunk functions, compiled with FMA where the CPU has it
+// (the softmax's exp is mostly multiply-adds) and multiversioned otherwise.
+template <typename scalar_t>
+FASTOPS_CPU_AVX2_FMA void multiclass_chunk_statistics_fma(const SoftDiceProblem& p, const scalar_t* input,
+                                                          const int64_t* labels, const Chunk& chunk,
+                                                          at::opmath_type<scalar_t>* sums) {
+  multiclass_chunk_statistics_body<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, input, labels, chunk, sums);
+}
+template <typename scalar_t>
+FASTOPS_CPU_MULTIVERSION void multiclass_chunk_statistics_plain(const SoftDiceProblem& p, const scalar_t* input,
+                                                                const int64_t* labels, const Chunk& chunk,
+                                                                at::opmath_type<scalar_t>* sums) {
+  multiclass_chunk_statistics_body<scalar_t, false>(p, input, labels, chunk, sums);
+}
+template <typename scalar_t>
+void multiclass_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input, const int64_t* labels,
+                                 const Chunk& chunk, at::opmath_type<scalar_t>* sums) {
+  if (cpu_has_avx2_fma()) {
+    multiclass_chunk_statistics_fma(p, input, labels, chunk, sums);
+  } else {
+    multiclass_chunk_statistics_plain(p, input, labels, chunk, sums);
   }
 }
 
@@ -69,8 +221,6 @@ void load_tile(const SoftDiceProblem& p, const scalar_t* input, int64_t n, int64
 // statistic: float addition is not associative, so the compiler vectorises a
 // sum only when the code already splits it into lanes. Masked elements are
 // zeros (and padding beyond a short tile is masked).
-constexpr int64_t kLanes = 8;
-
 template <typename acc_t>
 FASTOPS_CPU_MULTIVERSION void add_tile_to_lanes(acc_t* __restrict lanes, const acc_t* __restrict q,
                                                 const acc_t* __restrict u, const acc_t* __restrict w,
@@ -106,41 +256,6 @@ void add_lanes(const std::vector<acc_t>& lanes, int64_t classes, acc_t* sums) {
       sums[c * kStatistics + k] += total;
     }
   }
-}
-
-// Adds one chunk's statistics to `sums` [C, 6].
-template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multiclass_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input,
-                                                          const int64_t* labels, const Chunk& chunk,
-                                                          at::opmath_type<scalar_t>* sums) {
-  using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> tile(p.classes * kTile), scratch(2 * kTile);
-  std::vector<acc_t> lanes(p.classes * kStatistics * kLanes, acc_t(0));
-  std::array<acc_t, kTile> q, u, w, zeros;
-  std::array<int64_t, kTile> label;
-  zeros.fill(acc_t(0));
-  for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
-    const int64_t count = std::min(kTile, chunk.end - s);
-    load_tile(p, input, chunk.image, s, count, tile.data());
-    if (p.from_logits) {
-      cpu::softmax_columns(tile.data(), p.classes, kTile, count, scratch.data());
-    }
-    for (int64_t i = 0; i < kTile; ++i) {
-      const bool inside = i < count;
-      label[i] = inside ? labels[chunk.image * p.pixels + s + i] : int64_t(-1);
-      w[i] = inside && label_is_valid(label[i], p.has_ignore, p.ignore_index) ? acc_t(1) : acc_t(0);
-    }
-    for (int64_t c = 0; c < p.classes; ++c) {
-      const acc_t* prob = tile.data() + c * kTile;
-      for (int64_t i = 0; i < kTile; ++i) {
-        const bool take = w[i] != acc_t(0);
-        q[i] = take ? prob[i] : acc_t(0);
-        u[i] = take && label[i] == c ? acc_t(1) : acc_t(0);
-      }
-      add_tile_to_lanes(lanes.data() + c * kStatistics * kLanes, q.data(), u.data(), w.data(), zeros.data());
-    }
-  }
-  add_lanes(lanes, p.classes, sums);
 }
 
 // One row run of a multilabel chunk in the accumulation type: logits x,
@@ -256,44 +371,75 @@ at::Tensor soft_dice_statistics_cpu(const at::Tensor& input_, const at::Tensor& 
   return statistics;
 }
 
-template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multiclass_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad,
-                                                        const scalar_t* input, const int64_t* labels,
-                                                        const Chunk& chunk, scalar_t* grad_input) {
+template <typename scalar_t, bool kFused>
+C10_ALWAYS_INLINE void multiclass_chunk_backward_body(const SoftDiceProblem& p,
+                                                      const at::opmath_type<scalar_t>* grad, const scalar_t* input,
+                                                      const int64_t* labels, const Chunk& chunk,
+                                                      scalar_t* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* g = grad + (p.units > 1 ? chunk.image : 0) * p.classes * kStatistics;
-  std::vector<acc_t> tile(p.classes * kTile), slope(p.classes * kTile), scratch(2 * kTile);
-  std::array<acc_t, kTile> dot;
-  std::array<bool, kTile> valid;
+  std::vector<acc_t> tile(p.classes * kTile), slopes(p.classes * kTile);
+  std::vector<int64_t> class_counts(p.classes + 1, 0);
+  std::array<acc_t, kTile> valid, scale, dot, result;
+  std::array<int32_t, kTile> label;
   for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
     const int64_t count = std::min(kTile, chunk.end - s);
-    const int64_t* label = labels + chunk.image * p.pixels + s;
     load_tile(p, input, chunk.image, s, count, tile.data());
+    load_labels(p, labels + chunk.image * p.pixels + s, count, label.data(), valid.data(), class_counts.data());
     if (p.from_logits) {
-      cpu::softmax_columns(tile.data(), p.classes, kTile, count, scratch.data());
+      softmax_numerators<kFused>(tile.data(), p.classes, scale.data());
+    } else {
+      scale.fill(acc_t(1));
     }
-    for (int64_t i = 0; i < count; ++i) {
-      valid[i] = label_is_valid(label[i], p.has_ignore, p.ignore_index);
-      dot[i] = 0;
-    }
+    // dL/dp per element first: the softmax Jacobian needs Σ_k p_k·dp_k per pixel.
+    dot.fill(acc_t(0));
     for (int64_t c = 0; c < p.classes; ++c) {
-      const acc_t* prob = tile.data() + c * kTile;
-      acc_t* dp = slope.data() + c * kTile;
+      const acc_t* row = tile.data() + c * kTile;
+      acc_t* dp = slopes.data() + c * kTile;
       const acc_t* gc = g + c * kStatistics;
-      for (int64_t i = 0; i < count; ++i) {
-        dp[i] = prediction_gradient(gc, prob[i], label[i] == c ? acc_t(1) : acc_t(0));
-        dot[i] += prob[i] * dp[i];
+      const acc_t g_prediction = gc[kPredictionSum], g_product = gc[kProductSum];
+      const acc_t g_difference = gc[kAbsoluteDifferenceSum];
+      const int32_t class_label = static_cast<int32_t>(c);
+      for (int64_t i = 0; i < kTile; ++i) {
+        const acc_t prob = row[i] * scale[i];
+        const acc_t t = label[i] == class_label ? acc_t(1) : acc_t(0);
+        dp[i] = g_prediction + g_product * t + g_difference * sign(prob - t);
+        dot[i] += prob * dp[i];
       }
     }
     for (int64_t c = 0; c < p.classes; ++c) {
-      const acc_t* prob = tile.data() + c * kTile;
-      const acc_t* dp = slope.data() + c * kTile;
-      scalar_t* out = grad_input + (chunk.image * p.classes + c) * p.pixels + s;
-      for (int64_t i = 0; i < count; ++i) {
-        const acc_t value = p.from_logits ? prob[i] * (dp[i] - dot[i]) : dp[i];
-        out[i] = static_cast<scalar_t>(valid[i] ? value : acc_t(0));
+      const acc_t* row = tile.data() + c * kTile;
+      const acc_t* dp = slopes.data() + c * kTile;
+      for (int64_t i = 0; i < kTile; ++i) {
+        const acc_t value = p.from_logits ? row[i] * scale[i] * (dp[i] - dot[i]) : dp[i];
+        result[i] = valid[i] != acc_t(0) ? value : acc_t(0);
       }
+      std::copy_n(result.begin(), count, grad_input + (chunk.image * p.classes + c) * p.pixels + s);
     }
+  }
+}
+
+template <typename scalar_t>
+FASTOPS_CPU_AVX2_FMA void multiclass_chunk_backward_fma(const SoftDiceProblem& p,
+                                                        const at::opmath_type<scalar_t>* grad, const scalar_t* input,
+                                                        const int64_t* labels, const Chunk& chunk,
+                                                        scalar_t* grad_input) {
+  multiclass_chunk_backward_body<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, grad, input, labels, chunk, grad_input);
+}
+template <typename scalar_t>
+FASTOPS_CPU_MULTIVERSION void multiclass_chunk_backward_plain(const SoftDiceProblem& p,
+                                                              const at::opmath_type<scalar_t>* grad,
+                                                              const scalar_t* input, const int64_t* labels,
+                                                              const Chunk& chunk, scalar_t* grad_input) {
+  multiclass_chunk_backward_body<scalar_t, false>(p, grad, input, labels, chunk, grad_input);
+}
+template <typename scalar_t>
+void multiclass_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad, const scalar_t* input,
+                               const int64_t* labels, const Chunk& chunk, scalar_t* grad_input) {
+  if (cpu_has_avx2_fma()) {
+    multiclass_chunk_backward_fma(p, grad, input, labels, chunk, grad_input);
+  } else {
+    multiclass_chunk_backward_plain(p, grad, input, labels, chunk, grad_input);
   }
 }
 

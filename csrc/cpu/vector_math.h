@@ -8,9 +8,60 @@
 // oracle path), through std::exp / std::log1p. A scalar std::exp per element
 // made the softmax four times slower than torch.softmax (bench/NOTES.md).
 
+#include <c10/macros/Macros.h>
+
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace fastops::cpu {
+
+// a·b + c, as one fused multiply-add where the caller is compiled for FMA
+// (kFused; then std::fma is one instruction) and as two roundings otherwise
+// (std::fma without the instruction is a slow library call).
+template <bool kFused, typename T>
+C10_ALWAYS_INLINE T multiply_add(T a, T b, T c) {
+  if constexpr (kFused) {
+    return std::fma(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
+
+// exp(x) in plain float arithmetic (Cephes' expf: range reduction by ln 2 in
+// two parts, a degree-7 polynomial, the power of two built in the exponent
+// bits), for loops that the compiler vectorises inside a multiversioned
+// function: unlike exp_inplace it fuses with the surrounding arithmetic and
+// costs no call per 8 values. Within 1 ulp of the correctly rounded exp for
+// results in the normal range (tests/test_losses.py, through the soft-Dice
+// softmax); 0 where exp(x) is below FLT_MIN (x < −87.3: subnormals are
+// flushed, which no softmax or sigmoid sum can see); +inf above
+// ln(FLT_MAX); NaN gives NaN. kFused: multiply-adds as FMA instructions
+// (the caller is compiled for them). double goes to std::exp (the float64
+// oracle path).
+template <bool kFused = false>
+C10_ALWAYS_INLINE float exp_inline(float x) {
+  constexpr float kLowest = -87.33654475f, kHighest = 88.72283935546875f;
+  const float clamped = x < kLowest ? kLowest : (x > kHighest ? kHighest : x);
+  // Round to nearest by the 1.5·2^23 trick: no rounding instruction needed.
+  const float n = multiply_add<kFused>(clamped, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+  const float r = multiply_add<kFused>(n, 2.12194440e-4f, multiply_add<kFused>(n, -0.693359375f, clamped));
+  float poly = 1.9875691500e-4f;
+  poly = multiply_add<kFused>(poly, r, 1.3981999507e-3f);
+  poly = multiply_add<kFused>(poly, r, 8.3334519073e-3f);
+  poly = multiply_add<kFused>(poly, r, 4.1665795894e-2f);
+  poly = multiply_add<kFused>(poly, r, 1.6666665459e-1f);
+  poly = multiply_add<kFused>(poly, r, 5.0000001201e-1f);
+  poly = multiply_add<kFused>(poly, r * r, r) + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  return x < kLowest ? 0.0f : poly * scale;  // a NaN x made poly NaN
+}
+template <bool kFused = false>
+C10_ALWAYS_INLINE double exp_inline(double x) {
+  return std::exp(x);
+}
 
 // Whether float arrays take the SLEEF AVX2 path on this machine.
 bool vectorised_math_available();

@@ -144,10 +144,11 @@ def soft_dice_loss(
             weights,
         )
     sums = statistics()
-    p_sum, t_sum = sums[..., _PREDICTION_SUM], sums[..., _TARGET_SUM]
-    intersection = (p_sum + t_sum - sums[..., _DIFFERENCE_SUM]) / 2
-    fp, fn = p_sum - intersection, t_sum - intersection
-    score = (intersection + smooth) / (intersection + 0.5 * fp + 0.5 * fn + smooth).clamp_min(eps)
+    # I + ½·fp + ½·fn = ½(Σp + Σt): the same score as SMP's formula in fewer
+    # tensor ops (at batch 2 each op's overhead is a visible share of the loss).
+    p_sum, t_sum, _, difference_sum = sums.unbind(-1)[:4]
+    total = p_sum + t_sum
+    score = ((total - difference_sum) * 0.5 + smooth) / (total * 0.5 + smooth).clamp_min(eps)
     loss = -torch.log(score.clamp_min(eps)) if log_loss else 1.0 - score
     loss = loss * (t_sum > 0).to(loss.dtype)
     if weights is not None:
