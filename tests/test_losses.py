@@ -553,6 +553,50 @@ def test_opcheck(device, backend):
         torch.library.opcheck(_op("lovasz_segments", backend), args)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_soft_dice_loss_from_statistics_op(device):
+    """The op that forms the loss from the statistics (any backend's): opcheck, gradcheck
+    in float64 away from the clamps, and its value against the formula written out."""
+    op = torch.ops.fastops._soft_dice_loss_from_statistics
+    units, classes = 3, 5
+    p_sum = torch.rand(units, classes, dtype=torch.float64, device=device) * 50 + 1
+    t_sum = torch.randint(1, 40, (units, classes), device=device).double()
+    product = torch.minimum(p_sum, t_sum) * torch.rand_like(p_sum)
+    difference = p_sum + t_sum - 2 * product
+    sums = torch.stack(
+        [p_sum, t_sum, product, difference, torch.rand_like(p_sum), t_sum + 5], -1
+    ).requires_grad_()
+    coefficients = torch.rand(classes, dtype=torch.float64, device=device)
+
+    def expected(sums, weights, log_loss, smooth):
+        p, t, i = sums[..., 0], sums[..., 1], sums[..., 2]
+        score = (i + smooth) / ((p + t) / 2 + smooth)  # SMP: I + ½fp + ½fn = ½(Σp + Σt)
+        terms = (-torch.log(score) if log_loss else 1 - score) * (t > 0)
+        return (terms * (1 if weights is None else weights)).sum() * 0.25
+
+    for weights, log_loss, smooth in [(None, False, 0.0), (coefficients, True, 0.5)]:
+        args = (weights, 0.25, smooth, 1e-7, log_loss)
+        torch.library.opcheck(op, (sums, *args))
+        torch.autograd.gradcheck(lambda s, args=args: op(s, *args), (sums,))
+        want = expected(sums, weights, log_loss, smooth)
+        torch.testing.assert_close(op(sums, *args), want, rtol=1e-12, atol=1e-12)
+        absent = sums.detach().clone()
+        absent[0, 1, 1] = 0  # class 1 absent from unit 0: its term is 0
+        want = expected(absent, weights, log_loss, smooth)
+        torch.testing.assert_close(op(absent, *args), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="statistics must be \\[units, classes, 6\\]"):
+        op(sums[..., :5], None, 1.0, 0.0, 1e-7, False)
+    with pytest.raises(RuntimeError, match="class_coefficients must be \\[5\\]"):
+        op(sums, coefficients[:4], 1.0, 0.0, 1e-7, False)
+
+
+def test_soft_dice_empty_class_list_is_nan():
+    """classes=[] averages no terms: NaN, as segmentation_models_pytorch's mean of nothing."""
+    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    for backend in ("cpu", "reference"):
+        assert torch.isnan(on(backend, losses.soft_dice_loss, x, y, "multiclass", classes=[]))
+
+
 @pytest.mark.parametrize(
     ("device", "backend"),
     [c for c in COMPILED_BACKENDS if c.values[1] == "cpu" or c.values[0] == "cuda"],

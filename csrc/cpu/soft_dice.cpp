@@ -516,11 +516,60 @@ at::Tensor soft_dice_statistics_backward_cpu(const at::Tensor& grad_statistics, 
   return grad_input;
 }
 
+// The loss from the statistics: a few hundred terms, in double, in order.
+at::Tensor soft_dice_loss_from_statistics_cpu(const at::Tensor& statistics_,
+                                              const std::optional<at::Tensor>& class_coefficients, double scale,
+                                              double smooth, double eps, bool log_loss) {
+  const at::Tensor coefficients =
+      check_dice_loss_arguments("_soft_dice_loss_from_statistics", statistics_, class_coefficients);
+  const at::Tensor statistics = statistics_.contiguous();
+  at::Tensor loss = at::empty({}, statistics.options());
+  AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "soft_dice_loss_from_statistics_cpu", [&] {
+    const scalar_t* s = statistics.const_data_ptr<scalar_t>();
+    const scalar_t* w = coefficients.defined() ? coefficients.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t units = statistics.size(0), classes = statistics.size(1);
+    double total = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      for (int64_t c = 0; c < classes; ++c) {
+        const scalar_t term = dice_loss_term<scalar_t>(s + (u * classes + c) * kStatistics, smooth, eps, log_loss);
+        total += static_cast<double>(w != nullptr ? term * w[c] : term);
+      }
+    }
+    loss.fill_(static_cast<scalar_t>(total * scale));
+  });
+  return loss;
+}
+
+at::Tensor soft_dice_loss_from_statistics_backward_cpu(const at::Tensor& grad, const at::Tensor& statistics_,
+                                                       const std::optional<at::Tensor>& class_coefficients,
+                                                       double scale, double smooth, double eps, bool log_loss) {
+  const at::Tensor coefficients =
+      check_dice_loss_arguments("_soft_dice_loss_from_statistics_backward", statistics_, class_coefficients);
+  TORCH_CHECK(grad.numel() == 1, "_soft_dice_loss_from_statistics_backward: grad must be a scalar, got ",
+              grad.sizes());
+  const at::Tensor statistics = statistics_.contiguous();
+  at::Tensor grad_statistics = at::empty_like(statistics);
+  AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "soft_dice_loss_from_statistics_backward_cpu", [&] {
+    const scalar_t* s = statistics.const_data_ptr<scalar_t>();
+    const scalar_t* w = coefficients.defined() ? coefficients.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* g = grad_statistics.data_ptr<scalar_t>();
+    const scalar_t grad_scaled = static_cast<scalar_t>(grad.item<double>() * scale);
+    const int64_t terms = statistics.size(0) * statistics.size(1), classes = statistics.size(1);
+    for (int64_t i = 0; i < terms; ++i) {
+      const scalar_t grad_term = w != nullptr ? grad_scaled * w[i % classes] : grad_scaled;
+      dice_loss_term_gradient<scalar_t>(s + i * kStatistics, smooth, eps, log_loss, grad_term, g + i * kStatistics);
+    }
+  });
+  return grad_statistics;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("soft_dice_statistics", &soft_dice_statistics_cpu);
   m.impl("_soft_dice_statistics_backward", &soft_dice_statistics_backward_cpu);
+  m.impl("_soft_dice_loss_from_statistics", &soft_dice_loss_from_statistics_cpu);
+  m.impl("_soft_dice_loss_from_statistics_backward", &soft_dice_loss_from_statistics_backward_cpu);
 }
 
 }  // namespace fastops

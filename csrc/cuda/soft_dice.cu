@@ -550,11 +550,87 @@ at::Tensor soft_dice_statistics_backward_cuda(const at::Tensor& grad_statistics,
   return grad_input;
 }
 
+// The loss from the statistics: one thread per (unit, class) term, then a
+// sum in double (deterministic); the backward reads the incoming gradient
+// from device memory (no host synchronisation).
+template <typename scalar_t>
+__global__ void dice_loss_terms_kernel(const scalar_t* __restrict__ statistics,
+                                       const scalar_t* __restrict__ coefficients, int64_t terms, int64_t classes,
+                                       scalar_t smooth, scalar_t eps, bool log_loss, scalar_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < terms; i += int64_t{gridDim.x} * blockDim.x) {
+    const scalar_t term = dice_loss_term<scalar_t>(statistics + i * kStatistics, smooth, eps, log_loss);
+    out[i] = coefficients != nullptr ? term * coefficients[i % classes] : term;
+  }
+}
+
+template <typename scalar_t>
+__global__ void dice_loss_gradient_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ statistics,
+                                          const scalar_t* __restrict__ coefficients, int64_t terms, int64_t classes,
+                                          scalar_t scale, scalar_t smooth, scalar_t eps, bool log_loss,
+                                          scalar_t* __restrict__ grad_statistics) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < terms; i += int64_t{gridDim.x} * blockDim.x) {
+    const scalar_t grad_term = grad[0] * scale * (coefficients != nullptr ? coefficients[i % classes] : scalar_t(1));
+    dice_loss_term_gradient<scalar_t>(statistics + i * kStatistics, smooth, eps, log_loss, grad_term,
+                                      grad_statistics + i * kStatistics);
+  }
+}
+
+at::Tensor soft_dice_loss_from_statistics_cuda(const at::Tensor& statistics_,
+                                               const std::optional<at::Tensor>& class_coefficients, double scale,
+                                               double smooth, double eps, bool log_loss) {
+  const c10::cuda::CUDAGuard device_guard(statistics_.device());
+  const at::Tensor coefficients =
+      check_dice_loss_arguments("_soft_dice_loss_from_statistics", statistics_, class_coefficients);
+  const at::Tensor statistics = statistics_.contiguous();
+  const int64_t terms = statistics.size(0) * statistics.size(1);
+  at::Tensor values = at::empty({terms}, statistics.options());
+  if (terms > 0) {
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "soft_dice_loss_from_statistics_cuda", [&] {
+      dice_loss_terms_kernel<scalar_t><<<cuda::grid_blocks(terms), kThreadsPerBlock, 0, stream>>>(
+          statistics.const_data_ptr<scalar_t>(),
+          coefficients.defined() ? coefficients.const_data_ptr<scalar_t>() : nullptr, terms, statistics.size(1),
+          static_cast<scalar_t>(smooth), static_cast<scalar_t>(eps), log_loss, values.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return (values.sum(at::kDouble) * scale).to(statistics.scalar_type());
+}
+
+at::Tensor soft_dice_loss_from_statistics_backward_cuda(const at::Tensor& grad_, const at::Tensor& statistics_,
+                                                        const std::optional<at::Tensor>& class_coefficients,
+                                                        double scale, double smooth, double eps, bool log_loss) {
+  const c10::cuda::CUDAGuard device_guard(statistics_.device());
+  const at::Tensor coefficients =
+      check_dice_loss_arguments("_soft_dice_loss_from_statistics_backward", statistics_, class_coefficients);
+  TORCH_CHECK(grad_.numel() == 1 && grad_.device() == statistics_.device(),
+              "_soft_dice_loss_from_statistics_backward: grad must be a scalar on the device of statistics, got ",
+              grad_.sizes(), " on ", grad_.device());
+  const at::Tensor statistics = statistics_.contiguous();
+  const at::Tensor grad = grad_.to(statistics.scalar_type()).contiguous();
+  at::Tensor grad_statistics = at::empty_like(statistics);
+  const int64_t terms = statistics.size(0) * statistics.size(1);
+  if (terms > 0) {
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "soft_dice_loss_from_statistics_backward_cuda", [&] {
+      dice_loss_gradient_kernel<scalar_t><<<cuda::grid_blocks(terms), kThreadsPerBlock, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), statistics.const_data_ptr<scalar_t>(),
+          coefficients.defined() ? coefficients.const_data_ptr<scalar_t>() : nullptr, terms, statistics.size(1),
+          static_cast<scalar_t>(scale), static_cast<scalar_t>(smooth), static_cast<scalar_t>(eps), log_loss,
+          grad_statistics.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return grad_statistics;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
   m.impl("soft_dice_statistics", &soft_dice_statistics_cuda);
   m.impl("_soft_dice_statistics_backward", &soft_dice_statistics_backward_cuda);
+  m.impl("_soft_dice_loss_from_statistics", &soft_dice_loss_from_statistics_cuda);
+  m.impl("_soft_dice_loss_from_statistics_backward", &soft_dice_loss_from_statistics_backward_cuda);
 }
 
 }  // namespace fastops

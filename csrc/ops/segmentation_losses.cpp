@@ -14,8 +14,14 @@
 // _lovasz_segments_backward(grad_losses [U, K], input, labels, foreground_counts, valid_counts,
 //   sorted_entries, kind, ignore_index?, per_image, foreground_class) -> grad_input [N, C, S]
 //
-// Losses are formed from these in Python (fastops/losses/), on tensors of
-// [units, classes] size; the kernels are the only per-element work.
+// _soft_dice_loss_from_statistics(statistics [U, C, 6], class_coefficients [C]?, scale, smooth, eps,
+//   log_loss) -> scalar: scale · Σ_{u,c} coefficient_c · dice_loss_term (soft_dice_math.h), the
+//   soft-Dice loss in one op (as tensor ops its ~13 autograd nodes cost more than the kernels
+//   at batch 2 on a CPU); coefficient 1 when none are given.
+// _soft_dice_loss_from_statistics_backward(grad, statistics, ...) -> grad_statistics [U, C, 6]
+//
+// The other losses are formed from these in Python (fastops/losses/), on
+// tensors of [units, classes] size; the kernels are the only per-element work.
 
 #include "ops/segmentation_losses.h"
 
@@ -25,6 +31,7 @@
 #include <limits>
 
 #include "ops/lovasz_math.h"
+#include "ops/soft_dice_math.h"
 
 namespace fastops {
 namespace {
@@ -105,6 +112,23 @@ LovaszProblem make_lovasz_problem(const char* op, const at::Tensor& input, const
   return p;
 }
 
+at::Tensor check_dice_loss_arguments(const char* op, const at::Tensor& statistics,
+                                     const std::optional<at::Tensor>& class_coefficients) {
+  TORCH_CHECK(statistics.dim() == 3 && statistics.size(2) == soft_dice::kStatistics, op,
+              ": statistics must be [units, classes, 6], got ", statistics.sizes());
+  TORCH_CHECK(statistics.scalar_type() == at::kFloat || statistics.scalar_type() == at::kDouble, op,
+              ": statistics must be float32 or float64, got ", statistics.scalar_type());
+  if (!class_coefficients.has_value()) {
+    return at::Tensor();
+  }
+  const at::Tensor& coefficients = *class_coefficients;
+  TORCH_CHECK(coefficients.dim() == 1 && coefficients.size(0) == statistics.size(1), op,
+              ": class_coefficients must be [", statistics.size(1), "], got ", coefficients.sizes());
+  TORCH_CHECK(coefficients.device() == statistics.device(), op,
+              ": class_coefficients must be on the device of statistics");
+  return coefficients.to(statistics.scalar_type()).contiguous();
+}
+
 TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def(
       "soft_dice_statistics(Tensor input, Tensor target, bool multiclass, bool from_logits, int? ignore_index, "
@@ -112,6 +136,12 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def(
       "_soft_dice_statistics_backward(Tensor grad_statistics, Tensor input, Tensor target, bool multiclass, "
       "bool from_logits, int? ignore_index, bool per_image) -> Tensor");
+  m.def(
+      "_soft_dice_loss_from_statistics(Tensor statistics, Tensor? class_coefficients, float scale, float smooth, "
+      "float eps, bool log_loss) -> Tensor");
+  m.def(
+      "_soft_dice_loss_from_statistics_backward(Tensor grad, Tensor statistics, Tensor? class_coefficients, "
+      "float scale, float smooth, float eps, bool log_loss) -> Tensor");
   m.def(
       "lovasz_segments(Tensor input, Tensor labels, int kind, int? ignore_index, bool per_image, "
       "int foreground_class) -> (Tensor, Tensor, Tensor, Tensor)");

@@ -32,6 +32,13 @@ SoftDiceProblem make_soft_dice_problem(const char* op, const at::Tensor& input, 
 // The accumulation dtype of the statistics: float64 for float64 input, else float32.
 at::ScalarType soft_dice_statistics_dtype(const at::Tensor& input);
 
+// Checks the arguments of _soft_dice_loss_from_statistics(_backward): statistics
+// float32/float64 [U, C, 6]; class_coefficients, when given, [C] on its device.
+// Returns the coefficients as a contiguous tensor of the statistics' dtype
+// (undefined when none were given).
+at::Tensor check_dice_loss_arguments(const char* op, const at::Tensor& statistics,
+                                     const std::optional<at::Tensor>& class_coefficients);
+
 // lovasz_segments(input [N, C, S], labels int64 [N, S], kind, ...) ->
 //   (losses [U, K], foreground_counts int64 [U, K], valid_counts int64 [U], sorted_entries int32 [N·S·K])
 // with K segment classes per unit: C for the softmax kinds, 1 for the hinge

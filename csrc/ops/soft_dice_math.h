@@ -101,4 +101,59 @@ C10_HOST_DEVICE inline bool label_is_valid(int64_t label, bool has_ignore, int64
   return !has_ignore || label != ignore_index;
 }
 
+// The soft-Dice loss of one (unit, class) from its sums s[6], as
+// fastops.losses.soft_dice_loss defines it (segmentation_models_pytorch's
+// DiceLoss), and its derivative with respect to the sums. With S = Σp + Σt:
+//   numerator   = (S − Σ|p − t|)/2 + smooth   (= I + smooth, I = Σp·t for hard targets)
+//   denominator = max(S/2 + smooth, eps)      (= I + ½fp + ½fn + smooth)
+//   score = numerator / denominator
+//   loss  = 1 − score, or −ln(max(score, eps)) with log_loss; times [Σt > 0]
+// (a product, so a NaN loss of an absent class stays NaN, as in SMP). The
+// derivatives follow PyTorch's for the same expression: a clamp passes the
+// gradient where its input is ≥ the bound (so not at NaN).
+template <typename T>
+struct DiceScore {
+  T numerator, raw_denominator, denominator, score;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline DiceScore<T> dice_score(const T* s, T smooth, T eps) {
+  DiceScore<T> d;
+  const T total = s[kPredictionSum] + s[kTargetSum];
+  d.numerator = (total - s[kAbsoluteDifferenceSum]) * T(0.5) + smooth;
+  d.raw_denominator = total * T(0.5) + smooth;
+  d.denominator = d.raw_denominator < eps ? eps : d.raw_denominator;
+  d.score = d.numerator / d.denominator;
+  return d;
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T dice_loss_term(const T* s, T smooth, T eps, bool log_loss) {
+  const DiceScore<T> d = dice_score(s, smooth, eps);
+  const T loss = log_loss ? -std::log(d.score < eps ? eps : d.score) : T(1) - d.score;
+  return loss * (s[kTargetSum] > T(0) ? T(1) : T(0));
+}
+
+// Writes d(grad · dice_loss_term(s))/ds to g[6] (0 for the columns the loss
+// does not read; the step of [Σt > 0] at 0 has derivative 0).
+template <typename T>
+C10_HOST_DEVICE inline void dice_loss_term_gradient(const T* s, T smooth, T eps, bool log_loss, T grad, T* g) {
+  const DiceScore<T> d = dice_score(s, smooth, eps);
+  const T grad_loss = grad * (s[kTargetSum] > T(0) ? T(1) : T(0));
+  T grad_score = -grad_loss;
+  if (log_loss) {
+    grad_score = d.score >= eps ? -grad_loss / d.score : T(0);
+  }
+  const T grad_numerator = grad_score / d.denominator;
+  const T grad_denominator =
+      d.raw_denominator >= eps ? -grad_score * d.numerator / (d.denominator * d.denominator) : T(0);
+  const T grad_total = (grad_numerator + grad_denominator) * T(0.5);
+  g[kPredictionSum] = grad_total;
+  g[kTargetSum] = grad_total;
+  g[kProductSum] = T(0);
+  g[kAbsoluteDifferenceSum] = -grad_numerator * T(0.5);
+  g[kBceSum] = T(0);
+  g[kValidCount] = T(0);
+}
+
 }  // namespace fastops::soft_dice

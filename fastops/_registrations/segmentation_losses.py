@@ -2,7 +2,9 @@
 (``fastops::soft_dice_statistics``, ``fastops::lovasz_segments``, kernels in
 ``fastops._C``) and the Triton ops with the same schemas (``*_triton``,
 launchers in ``fastops.triton_kernels.soft_dice`` / ``.lovasz``) get their fake
-kernels and autograd formulas here.
+kernels and autograd formulas here, except the autograd of the C++
+soft_dice_statistics, which is registered in C++ (csrc/ops/soft_dice_autograd.cpp)
+because the Python one cost a tenth of the loss at small sizes.
 
 soft_dice_statistics returns per-(unit, class) sums; its backward takes their
 gradient and makes one elementwise pass. lovasz_segments returns the segment
@@ -128,9 +130,12 @@ def _register(suffix: str) -> None:
     }
     for name, fake in fakes.items():
         torch.library.register_fake(f"fastops::{name}{suffix}")(fake)
-    torch.library.register_autograd(
-        f"fastops::soft_dice_statistics{suffix}", dice_backward_formula, setup_context=dice_setup
-    )
+    if suffix:  # the C++ op's autograd is in C++ (csrc/ops/soft_dice_autograd.cpp): less per call
+        torch.library.register_autograd(
+            f"fastops::soft_dice_statistics{suffix}",
+            dice_backward_formula,
+            setup_context=dice_setup,
+        )
     torch.library.register_autograd(
         f"fastops::lovasz_segments{suffix}", lovasz_backward_formula, setup_context=lovasz_setup
     )
@@ -162,7 +167,34 @@ def _define_triton_ops() -> None:
         torch.library.impl(f"fastops::{name}_triton", ("cpu", "cuda"))(impls[name])
 
 
+def _soft_dice_loss_from_statistics_fake(
+    statistics, class_coefficients, scale, smooth, eps, log_loss
+):
+    torch._check(
+        statistics.dim() == 3, lambda: "_soft_dice_loss_from_statistics: statistics must be 3-D"
+    )
+    return statistics.new_empty(())
+
+
+def _soft_dice_loss_from_statistics_backward_fake(
+    grad, statistics, class_coefficients, scale, smooth, eps, log_loss
+):
+    return torch.empty_like(statistics, memory_format=torch.contiguous_format)
+
+
+def _register_loss_from_statistics() -> None:
+    """The C++-only op that forms the soft-Dice loss from the statistics (any
+    backend's); its autograd is in C++ (csrc/ops/soft_dice_autograd.cpp)."""
+    torch.library.register_fake("fastops::_soft_dice_loss_from_statistics")(
+        _soft_dice_loss_from_statistics_fake
+    )
+    torch.library.register_fake("fastops::_soft_dice_loss_from_statistics_backward")(
+        _soft_dice_loss_from_statistics_backward_fake
+    )
+
+
 _define_triton_ops()
 _register("_triton")
 if _library.extension_loaded():
     _register("")
+    _register_loss_from_statistics()
