@@ -1,7 +1,12 @@
-// CPU kernels of soft_dice_statistics and its backward.
+// CPU kernels of soft_dice_statistics and its backward, and of the loss
+// formed from the statistics.
 //
-// The logistic terms are formed from e = exp(−|x|) (soft_dice_math.h), and
-// the sums use selects rather than branches so the compiler vectorises them.
+// The logistic terms are formed from e = exp(−|x|) (soft_dice_math.h); exp
+// and log1p are inlined into the loops (cpu/vector_math.h exp_inline,
+// log1p_unit_inline), which are compiled a second time with FMA and take that
+// version where the CPU has it; the sums use selects rather than branches, and
+// are kept per tile column (elementwise adds, which vectorise without
+// reassociating a float sum) and reduced once per chunk.
 //
 // Forward: the elements are cut into fixed chunks (an image and a run of
 // pixels), independent of the thread count; each chunk sums its statistics
@@ -9,12 +14,9 @@
 // the result is the same on any number of threads. Multiclass chunks work on
 // tiles of kTile pixels: the tile's logits are loaded class by class into a
 // [C, kTile] buffer, so the softmax over classes runs along the contiguous
-// pixel axis, with an exp inlined into the loop (cpu/vector_math.h
-// exp_inline) and compiled with FMA where the CPU has it; the one-hot target
-// is a compare per element, never a tensor; the per-class sums are kept per
-// tile column (elementwise adds) and reduced once per chunk; Σt and the valid
-// count come from a per-pixel histogram of the labels. Multilabel chunks take
-// exp/log1p over whole rows through SLEEF (exp_inplace, log1p_inplace).
+// pixel axis; the one-hot target is a compare per element, never a tensor;
+// Σt and the valid count come from a per-pixel histogram of the labels.
+// Multilabel chunks go class row by class row.
 //
 // Backward: the same tiles, elementwise; the softmax Jacobian needs the
 // per-pixel Σ_k p_k·dp_k, computed before the gradient is written.
@@ -42,7 +44,6 @@ using namespace soft_dice;
 
 constexpr int64_t kTile = 64;
 constexpr int64_t kChunkPixels = 8192;
-constexpr int64_t kLanes = 8;  // independent partial sums per statistic (see add_tile_to_lanes)
 
 struct Chunk {
   int64_t image, begin, end;
@@ -67,6 +68,12 @@ void load_tile(const SoftDiceProblem& p, const scalar_t* input, int64_t n, int64
   for (int64_t c = 0; c < p.classes; ++c) {
     const scalar_t* row = input + (n * p.classes + c) * p.pixels + s;
     acc_t* out = tile + c * kTile;
+    if (count == kTile) {  // a constant trip count: vector moves, not a rep movs of unknown length
+      for (int64_t i = 0; i < kTile; ++i) {
+        out[i] = static_cast<acc_t>(row[i]);
+      }
+      continue;
+    }
     for (int64_t i = 0; i < count; ++i) {
       out[i] = static_cast<acc_t>(row[i]);
     }
@@ -147,10 +154,8 @@ C10_ALWAYS_INLINE void add_class_tile(const acc_t* __restrict row, const acc_t* 
 }
 
 // Adds one chunk's statistics to `sums` [C, 6]. Per class only Σp, Σp·t and
-// Σ|p − t| need an element loop (kLanes independent partial sums each: float
-// addition is not associative, so the compiler vectorises a sum only when the
-// code already splits it into lanes); Σt is the class's pixel count, the
-// valid count is the same for every class, and there is no BCE term.
+// Σ|p − t| need an element loop; Σt is the class's pixel count, the valid
+// count is the same for every class, and there is no BCE term.
 template <typename scalar_t, bool kFused>
 C10_ALWAYS_INLINE void multiclass_chunk_statistics_body(const SoftDiceProblem& p, const scalar_t* input,
                                                         const int64_t* labels, const Chunk& chunk,
@@ -217,115 +222,126 @@ void multiclass_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input
   }
 }
 
-// Sums over kTile elements kept in kLanes independent partial sums per
-// statistic: float addition is not associative, so the compiler vectorises a
-// sum only when the code already splits it into lanes. Masked elements are
-// zeros (and padding beyond a short tile is masked).
-template <typename acc_t>
-FASTOPS_CPU_MULTIVERSION void add_tile_to_lanes(acc_t* __restrict lanes, const acc_t* __restrict q,
-                                                const acc_t* __restrict u, const acc_t* __restrict w,
-                                                const acc_t* __restrict bce) {
-  acc_t* sp = lanes + kPredictionSum * kLanes;
-  acc_t* st = lanes + kTargetSum * kLanes;
-  acc_t* spt = lanes + kProductSum * kLanes;
-  acc_t* sd = lanes + kAbsoluteDifferenceSum * kLanes;
-  acc_t* sb = lanes + kBceSum * kLanes;
-  acc_t* sn = lanes + kValidCount * kLanes;
-  for (int64_t i = 0; i < kTile; i += kLanes) {
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const acc_t qv = q[i + j], uv = u[i + j];
-      sp[j] += qv;
-      st[j] += uv;
-      spt[j] += qv * uv;
-      sd[j] += std::abs(qv - uv);
-      sn[j] += w[i + j];
-      sb[j] += bce[i + j];
+// A multilabel tile: logits (or probabilities) x and targets t of one class
+// row in the accumulation type, zeros past `count`, and the valid mask (1 or
+// 0 in acc_t, so that selects on it vectorise).
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void load_multilabel_tile(const SoftDiceProblem& p, const scalar_t* input, const scalar_t* target,
+                                            int64_t offset, int64_t count, acc_t* __restrict x, acc_t* __restrict t,
+                                            acc_t* __restrict valid) {
+  if (count == kTile) {  // a constant trip count: vector moves, not a rep movs of unknown length
+    for (int64_t i = 0; i < kTile; ++i) {
+      x[i] = static_cast<acc_t>(input[offset + i]);
+      t[i] = static_cast<acc_t>(target[offset + i]);
     }
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      x[i] = static_cast<acc_t>(input[offset + i]);
+      t[i] = static_cast<acc_t>(target[offset + i]);
+    }
+    std::fill(x + count, x + kTile, acc_t(0));
+    std::fill(t + count, t + kTile, acc_t(0));
+  }
+  // target_is_valid, compared in acc_t: a target (exact in acc_t) equals the
+  // ignore value only if that value is itself exact in acc_t. Bitwise & and |
+  // rather than && and ||, so that the loop has no branches and vectorises.
+  const double ignore_value = static_cast<double>(p.ignore_index);
+  const acc_t ignore_in_acc = static_cast<acc_t>(ignore_value);
+  const bool can_ignore = p.has_ignore && static_cast<double>(ignore_in_acc) == ignore_value;
+  for (int64_t i = 0; i < kTile; ++i) {
+    const bool ignored = can_ignore & (t[i] == ignore_in_acc);
+    valid[i] = (i < count) & !ignored ? acc_t(1) : acc_t(0);
   }
 }
 
-// Adds the lanes, in order, to sums [classes, 6].
-template <typename acc_t>
-void add_lanes(const std::vector<acc_t>& lanes, int64_t classes, acc_t* sums) {
-  for (int64_t c = 0; c < classes; ++c) {
+// Adds one multilabel chunk's statistics to `sums` [C, 6]: per class, the six
+// sums kept per tile column over the chunk's tiles, then reduced in order. The
+// sigmoid and the BCE come from e = exp(−|x|) (soft_dice_math.h), with exp and
+// log1p inlined (cpu/vector_math.h) so that one loop does all the work.
+template <typename scalar_t, bool kFused, bool kFromLogits, bool kWithBce>
+C10_ALWAYS_INLINE void multilabel_chunk_statistics_body(const SoftDiceProblem& p, const scalar_t* input,
+                                                        const scalar_t* target, const Chunk& chunk,
+                                                        at::opmath_type<scalar_t>* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::array<acc_t, kTile> x, t, valid;
+  std::array<acc_t, kStatistics * kTile> partial;
+  for (int64_t c = 0; c < p.classes; ++c) {
+    const int64_t row = (chunk.image * p.classes + c) * p.pixels;
+    partial.fill(acc_t(0));
+    acc_t* __restrict sp = partial.data() + kPredictionSum * kTile;
+    acc_t* __restrict st = partial.data() + kTargetSum * kTile;
+    acc_t* __restrict spt = partial.data() + kProductSum * kTile;
+    acc_t* __restrict sd = partial.data() + kAbsoluteDifferenceSum * kTile;
+    acc_t* __restrict sb = partial.data() + kBceSum * kTile;
+    acc_t* __restrict sn = partial.data() + kValidCount * kTile;
+    for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
+      const int64_t count = std::min(kTile, chunk.end - s);
+      load_multilabel_tile(p, input, target, row + s, count, x.data(), t.data(), valid.data());
+      for (int64_t i = 0; i < kTile; ++i) {
+        acc_t prob = x[i], bce = acc_t(0);
+        if constexpr (kFromLogits) {
+          const acc_t e = cpu::exp_inline<kFused>(-std::abs(x[i]));
+          prob = sigmoid_from_exp(x[i], e);
+          if constexpr (kWithBce) {
+            bce = bce_from_exp(x[i], t[i], cpu::log1p_unit_inline<kFused>(e));
+          }
+        }
+        // Selects over computed values, not products with the mask: an
+        // ignored element's NaN must not enter the sums.
+        const bool take = valid[i] != acc_t(0);
+        const acc_t q = take ? prob : acc_t(0);
+        const acc_t u = take ? t[i] : acc_t(0);
+        sp[i] += q;
+        st[i] += u;
+        spt[i] += q * u;
+        sd[i] += std::abs(q - u);
+        sb[i] += take ? bce : acc_t(0);
+        sn[i] += valid[i];
+      }
+    }
     for (int64_t k = 0; k < kStatistics; ++k) {
       acc_t total = 0;
-      for (int64_t j = 0; j < kLanes; ++j) {
-        total += lanes[(c * kStatistics + k) * kLanes + j];
+      for (int64_t i = 0; i < kTile; ++i) {
+        total += partial[k * kTile + i];
       }
       sums[c * kStatistics + k] += total;
     }
   }
 }
 
-// One row run of a multilabel chunk in the accumulation type: logits x,
-// targets t, the valid mask and, from logits, e = exp(−|x|) and p = σ(x).
-template <typename acc_t>
-struct LogisticTile {
-  std::array<acc_t, kTile> x, t, e, prob, log1p_e;
-  std::array<acc_t, kTile> valid;  // 1 or 0, in acc_t so that selects on it vectorise
-};
-
-// p = σ(x) from e = exp(−|x|), over an array (a select, not a branch: the
-// signs of logits are random, and a branch mispredicted half the time).
-template <typename acc_t>
-FASTOPS_CPU_MULTIVERSION void sigmoid_from_exp_array(const acc_t* __restrict x, const acc_t* __restrict e,
-                                                     acc_t* __restrict prob, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    prob[i] = sigmoid_from_exp(x[i], e[i]);
-  }
-}
-
-template <typename scalar_t>
-void load_logistic_tile(const SoftDiceProblem& p, const scalar_t* input, const scalar_t* target, int64_t offset,
-                        int64_t count, bool with_log1p, LogisticTile<at::opmath_type<scalar_t>>& tile) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const double ignore_value = static_cast<double>(p.ignore_index);
-  for (int64_t i = 0; i < count; ++i) {
-    tile.x[i] = static_cast<acc_t>(input[offset + i]);
-    tile.t[i] = static_cast<acc_t>(target[offset + i]);
-    tile.valid[i] = target_is_valid(tile.t[i], p.has_ignore, ignore_value) ? acc_t(1) : acc_t(0);
-  }
+template <typename scalar_t, bool kFused>
+C10_ALWAYS_INLINE void multilabel_chunk_statistics_variant(const SoftDiceProblem& p, const scalar_t* input,
+                                                           const scalar_t* target, const Chunk& chunk,
+                                                           at::opmath_type<scalar_t>* sums) {
   if (!p.from_logits) {
-    std::copy(tile.x.begin(), tile.x.begin() + count, tile.prob.begin());
-    return;
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    tile.e[i] = -std::abs(tile.x[i]);
-  }
-  cpu::exp_inplace(tile.e.data(), count);
-  sigmoid_from_exp_array(tile.x.data(), tile.e.data(), tile.prob.data(), count);
-  if (with_log1p) {
-    std::copy(tile.e.begin(), tile.e.begin() + count, tile.log1p_e.begin());
-    cpu::log1p_inplace(tile.log1p_e.data(), count);
+    multilabel_chunk_statistics_body<scalar_t, kFused, false, false>(p, input, target, chunk, sums);
+  } else if (p.with_bce) {
+    multilabel_chunk_statistics_body<scalar_t, kFused, true, true>(p, input, target, chunk, sums);
+  } else {
+    multilabel_chunk_statistics_body<scalar_t, kFused, true, false>(p, input, target, chunk, sums);
   }
 }
 
 template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multilabel_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input,
+FASTOPS_CPU_AVX2_FMA void multilabel_chunk_statistics_fma(const SoftDiceProblem& p, const scalar_t* input,
                                                           const scalar_t* target, const Chunk& chunk,
                                                           at::opmath_type<scalar_t>* sums) {
-  using acc_t = at::opmath_type<scalar_t>;
-  LogisticTile<acc_t> tile;
-  std::array<acc_t, kTile> q, u, w, b;
-  std::vector<acc_t> lanes(p.classes * kStatistics * kLanes, acc_t(0));
-  for (int64_t c = 0; c < p.classes; ++c) {
-    const int64_t row = (chunk.image * p.classes + c) * p.pixels;
-    acc_t* class_lanes = lanes.data() + c * kStatistics * kLanes;
-    for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
-      const int64_t count = std::min(kTile, chunk.end - s);
-      load_logistic_tile(p, input, target, row + s, count, p.with_bce, tile);
-      for (int64_t i = 0; i < kTile; ++i) {
-        const bool take = i < count && tile.valid[i] != acc_t(0);
-        q[i] = take ? tile.prob[i] : acc_t(0);
-        u[i] = take ? tile.t[i] : acc_t(0);
-        w[i] = take ? acc_t(1) : acc_t(0);
-        b[i] = take && p.with_bce ? bce_from_exp(tile.x[i], tile.t[i], tile.log1p_e[i]) : acc_t(0);
-      }
-      add_tile_to_lanes(class_lanes, q.data(), u.data(), w.data(), b.data());
-    }
+  multilabel_chunk_statistics_variant<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, input, target, chunk, sums);
+}
+template <typename scalar_t>
+FASTOPS_CPU_MULTIVERSION void multilabel_chunk_statistics_plain(const SoftDiceProblem& p, const scalar_t* input,
+                                                                const scalar_t* target, const Chunk& chunk,
+                                                                at::opmath_type<scalar_t>* sums) {
+  multilabel_chunk_statistics_variant<scalar_t, false>(p, input, target, chunk, sums);
+}
+template <typename scalar_t>
+void multilabel_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input, const scalar_t* target,
+                                 const Chunk& chunk, at::opmath_type<scalar_t>* sums) {
+  if (cpu_has_avx2_fma()) {
+    multilabel_chunk_statistics_fma(p, input, target, chunk, sums);
+  } else {
+    multilabel_chunk_statistics_plain(p, input, target, chunk, sums);
   }
-  add_lanes(lanes, p.classes, sums);
 }
 
 at::Tensor soft_dice_statistics_cpu(const at::Tensor& input_, const at::Tensor& target_, bool multiclass,
@@ -443,13 +459,13 @@ void multiclass_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<s
   }
 }
 
-template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multilabel_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad,
-                                                        const scalar_t* input, const scalar_t* target,
-                                                        const Chunk& chunk, scalar_t* grad_input) {
+template <typename scalar_t, bool kFused, bool kFromLogits>
+C10_ALWAYS_INLINE void multilabel_chunk_backward_body(const SoftDiceProblem& p,
+                                                      const at::opmath_type<scalar_t>* grad, const scalar_t* input,
+                                                      const scalar_t* target, const Chunk& chunk,
+                                                      scalar_t* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
-  LogisticTile<acc_t> tile{};
-  std::array<acc_t, kTile> result;
+  std::array<acc_t, kTile> x, t, valid, result;
   for (int64_t c = 0; c < p.classes; ++c) {
     // Local copies: the output may alias nothing, but the compiler cannot know.
     std::array<acc_t, kStatistics> weights;
@@ -459,23 +475,60 @@ FASTOPS_CPU_MULTIVERSION void multilabel_chunk_backward(const SoftDiceProblem& p
     const int64_t row = (chunk.image * p.classes + c) * p.pixels;
     for (int64_t s = chunk.begin; s < chunk.end; s += kTile) {
       const int64_t count = std::min(kTile, chunk.end - s);
-      load_logistic_tile(p, input, target, row + s, count, /*with_log1p=*/false, tile);
+      load_multilabel_tile(p, input, target, row + s, count, x.data(), t.data(), valid.data());
       // Into a local array first: the compiler cannot rule out that the
       // output aliases the tile, and would not vectorise a loop writing it.
-      if (p.from_logits) {
-        for (int64_t i = 0; i < kTile; ++i) {
-          const acc_t dp = prediction_gradient(weights.data(), tile.prob[i], tile.t[i]);
-          const acc_t value = dp * sigmoid_slope_from_exp(tile.e[i]) + bce_weight * (tile.prob[i] - tile.t[i]);
-          result[i] = tile.valid[i] != acc_t(0) ? value : acc_t(0);
+      for (int64_t i = 0; i < kTile; ++i) {
+        acc_t value;
+        if constexpr (kFromLogits) {
+          const acc_t e = cpu::exp_inline<kFused>(-std::abs(x[i]));
+          const acc_t prob = sigmoid_from_exp(x[i], e);
+          const acc_t dp = prediction_gradient(weights.data(), prob, t[i]);
+          value = dp * sigmoid_slope_from_exp(e) + bce_weight * (prob - t[i]);
+        } else {
+          value = prediction_gradient(weights.data(), x[i], t[i]);
         }
-      } else {
-        for (int64_t i = 0; i < kTile; ++i) {
-          const acc_t value = prediction_gradient(weights.data(), tile.prob[i], tile.t[i]);
-          result[i] = tile.valid[i] != acc_t(0) ? value : acc_t(0);
-        }
+        result[i] = valid[i] != acc_t(0) ? value : acc_t(0);
       }
       std::copy_n(result.begin(), count, grad_input + row + s);
     }
+  }
+}
+
+template <typename scalar_t, bool kFused>
+C10_ALWAYS_INLINE void multilabel_chunk_backward_variant(const SoftDiceProblem& p,
+                                                         const at::opmath_type<scalar_t>* grad, const scalar_t* input,
+                                                         const scalar_t* target, const Chunk& chunk,
+                                                         scalar_t* grad_input) {
+  if (p.from_logits) {
+    multilabel_chunk_backward_body<scalar_t, kFused, true>(p, grad, input, target, chunk, grad_input);
+  } else {
+    multilabel_chunk_backward_body<scalar_t, kFused, false>(p, grad, input, target, chunk, grad_input);
+  }
+}
+
+template <typename scalar_t>
+FASTOPS_CPU_AVX2_FMA void multilabel_chunk_backward_fma(const SoftDiceProblem& p,
+                                                        const at::opmath_type<scalar_t>* grad, const scalar_t* input,
+                                                        const scalar_t* target, const Chunk& chunk,
+                                                        scalar_t* grad_input) {
+  multilabel_chunk_backward_variant<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, grad, input, target, chunk,
+                                                                              grad_input);
+}
+template <typename scalar_t>
+FASTOPS_CPU_MULTIVERSION void multilabel_chunk_backward_plain(const SoftDiceProblem& p,
+                                                              const at::opmath_type<scalar_t>* grad,
+                                                              const scalar_t* input, const scalar_t* target,
+                                                              const Chunk& chunk, scalar_t* grad_input) {
+  multilabel_chunk_backward_variant<scalar_t, false>(p, grad, input, target, chunk, grad_input);
+}
+template <typename scalar_t>
+void multilabel_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad, const scalar_t* input,
+                               const scalar_t* target, const Chunk& chunk, scalar_t* grad_input) {
+  if (cpu_has_avx2_fma()) {
+    multilabel_chunk_backward_fma(p, grad, input, target, chunk, grad_input);
+  } else {
+    multilabel_chunk_backward_plain(p, grad, input, target, chunk, grad_input);
   }
 }
 

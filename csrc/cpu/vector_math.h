@@ -63,6 +63,41 @@ C10_ALWAYS_INLINE double exp_inline(double x) {
   return std::exp(x);
 }
 
+// log1p(e) for e in [0, 1] (the softplus term log1p(exp(−|x|)) of the
+// logistic losses), inlined like exp_inline: u = 1 + e in [1, 2] is split as
+// 2^k·m with m in [√½, √2], log m from Cephes' logf polynomial, and the
+// rounding of 1 + e corrected to first order ((e − (u − 1))/u), so tiny e
+// keep their relative accuracy (log1p(e) ≈ e). Within 2 ulp of log1p on
+// [0, 1] (tests/test_losses.py, through the BCE sum); NaN gives NaN. Only
+// this domain: the callers never pass anything else.
+template <bool kFused = false>
+C10_ALWAYS_INLINE float log1p_unit_inline(float e) {
+  const float u = 1.0f + e;
+  const float correction = (e - (u - 1.0f)) / u;
+  const bool upper = u > 1.41421356237f;
+  const float f = upper ? u * 0.5f - 1.0f : u - 1.0f;  // exact (Sterbenz)
+  const float k = upper ? 1.0f : 0.0f;
+  const float z = f * f;
+  float poly = 7.0376836292e-2f;
+  poly = multiply_add<kFused>(poly, f, -1.1514610310e-1f);
+  poly = multiply_add<kFused>(poly, f, 1.1676998740e-1f);
+  poly = multiply_add<kFused>(poly, f, -1.2420140846e-1f);
+  poly = multiply_add<kFused>(poly, f, 1.4249322787e-1f);
+  poly = multiply_add<kFused>(poly, f, -1.6668057665e-1f);
+  poly = multiply_add<kFused>(poly, f, 2.0000714765e-1f);
+  poly = multiply_add<kFused>(poly, f, -2.4999993993e-1f);
+  poly = multiply_add<kFused>(poly, f, 3.3333331174e-1f);
+  float y = poly * f * z;
+  y = multiply_add<kFused>(k, -2.12194440e-4f, y);
+  y = multiply_add<kFused>(z, -0.5f, y);
+  const float log_u = multiply_add<kFused>(k, 0.693359375f, f + y);
+  return log_u + correction;
+}
+template <bool kFused = false>
+C10_ALWAYS_INLINE double log1p_unit_inline(double e) {
+  return std::log1p(e);
+}
+
 // Whether float arrays take the SLEEF AVX2 path on this machine.
 bool vectorised_math_available();
 
