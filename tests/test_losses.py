@@ -403,6 +403,46 @@ def test_soft_dice_statistics_float32_cpu(from_logits, per_image):
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_soft_dice_statistics_float32_cpu_multilabel(from_logits, per_image):
+    """The float32 multilabel CPU kernels (inlined exp and log1p for the sigmoid and the
+    BCE) against their float64 path, with soft targets and ignored elements."""
+    n, c, pixels = 3, 5, 8192 + 99
+    x = torch.randn(n, c, pixels) * 4
+    if not from_logits:
+        x = x.sigmoid()
+    t = torch.rand(n, c, pixels)
+    t[torch.rand(n, c, pixels) < 0.1] = 255
+    with_bce = from_logits
+    args = (False, from_logits, 255, per_image)
+    got = torch.ops.fastops.soft_dice_statistics(x, t, *args, with_bce)
+    expected = torch.ops.fastops.soft_dice_statistics(x.double(), t.double(), *args, with_bce)
+    torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=1e-3)
+    grad = torch.randn_like(expected)
+    got = torch.ops.fastops._soft_dice_statistics_backward(grad.float(), x, t, *args)
+    expected = torch.ops.fastops._soft_dice_statistics_backward(grad, x.double(), t.double(), *args)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_soft_dice_float32_sigmoid_and_bce_accuracy():
+    """Per-image sums of one-element images are that element's σ(x) and BCE: the CPU
+    kernel's float32 exp and log1p keep them within a few ulp of float64, from
+    confident (|x| up to 100, where log1p(e^−|x|) ≈ e^−|x| is tiny) to uncertain."""
+    n = 4096
+    x = (torch.rand(n) * 200 - 100) * torch.rand(n) ** 3
+    x = x.view(n, 1, 1)
+    t = torch.randint(0, 2, (n, 1, 1)).float()
+    sums = torch.ops.fastops.soft_dice_statistics(x, t, False, True, None, True, True)
+    xd = x.double()
+    torch.testing.assert_close(
+        sums[:, 0, 0].double(), xd.sigmoid().flatten(), rtol=4 * 2.0**-23, atol=1e-38
+    )
+    # torch's own BCE forms log(1 + e^−|x|) and loses tiny values: written with log1p.
+    bce = (xd.clamp_min(0) - xd * t.double() + torch.log1p(torch.exp(-xd.abs()))).flatten()
+    torch.testing.assert_close(sums[:, 0, 4].double(), bce, rtol=8 * 2.0**-23, atol=1e-38)
+
+
 def test_soft_dice_float32_softmax_accuracy():
     """Per-image Σp of a one-pixel image is that pixel's softmax probability: the
     CPU kernel's float32 softmax is within a few ulp of float64's, for gaps between
@@ -588,6 +628,37 @@ def test_soft_dice_loss_from_statistics_op(device):
         op(sums[..., :5], None, 1.0, 0.0, 1e-7, False)
     with pytest.raises(RuntimeError, match="class_coefficients must be \\[5\\]"):
         op(sums, coefficients[:4], 1.0, 0.0, 1e-7, False)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_bce_dice_loss_from_statistics_op(device):
+    """The op that forms BCE − ln(Dice) from the statistics: opcheck, gradcheck in float64
+    (the BCE and count columns included), and its value against the definition written out;
+    a class with no prediction or target mass (smooth 0) has D = 1 and a zero gradient."""
+    op = torch.ops.fastops._bce_dice_loss_from_statistics
+    units, classes = 2, 4
+    p_sum = torch.rand(units, classes, dtype=torch.float64, device=device) * 50 + 1
+    t_sum = torch.rand(units, classes, dtype=torch.float64, device=device) * 40 + 1
+    product = torch.minimum(p_sum, t_sum) * torch.rand_like(p_sum)
+    bce = torch.rand_like(p_sum) * 30
+    count = torch.randint(20, 60, (units, classes), device=device).double()
+    sums = torch.stack([p_sum, t_sum, product, p_sum + t_sum - 2 * product, bce, count], -1)
+    sums.requires_grad_()
+    for dice_weight, smooth in [(1.0, 1.0), (0.5, 0.0)]:
+        torch.library.opcheck(op, (sums, dice_weight, smooth))
+        torch.autograd.gradcheck(lambda s, a=(dice_weight, smooth): op(s, *a), (sums,))
+        dice = (2 * product + smooth) / (p_sum + t_sum + smooth)
+        want = bce.sum() / count.sum() - dice_weight * torch.log(dice).mean()
+        torch.testing.assert_close(op(sums, dice_weight, smooth), want, rtol=1e-12, atol=1e-12)
+    empty = sums.detach().clone()
+    empty[1, 2, :4] = 0  # no mass: D = 1, ln D = 0
+    empty.requires_grad_()
+    dice = (2 * empty[..., 2] + 0.0) / (empty[..., 0] + empty[..., 1])
+    dice = torch.where(torch.isnan(dice), 1.0, dice).detach()
+    want = bce.sum() / count.sum() - torch.log(dice).mean()
+    torch.testing.assert_close(op(empty, 1.0, 0.0), want, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(op(empty, 1.0, 0.0), empty)
+    assert torch.isfinite(grad).all() and torch.count_nonzero(grad[1, 2, :4]) == 0
 
 
 def test_soft_dice_empty_class_list_is_nan():

@@ -616,6 +616,56 @@ at::Tensor soft_dice_loss_from_statistics_backward_cpu(const at::Tensor& grad, c
   return grad_statistics;
 }
 
+at::Tensor bce_dice_loss_from_statistics_cpu(const at::Tensor& statistics_, double dice_weight, double smooth) {
+  check_dice_loss_arguments("_bce_dice_loss_from_statistics", statistics_, std::nullopt);
+  const at::Tensor statistics = statistics_.contiguous();
+  at::Tensor loss = at::empty({}, statistics.options());
+  AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "bce_dice_loss_from_statistics_cpu", [&] {
+    const scalar_t* s = statistics.const_data_ptr<scalar_t>();
+    const int64_t terms = statistics.size(0) * statistics.size(1);
+    double bce = 0, count = 0, logs = 0;
+    for (int64_t i = 0; i < terms; ++i) {
+      bce += static_cast<double>(s[i * kStatistics + kBceSum]);
+      count += static_cast<double>(s[i * kStatistics + kValidCount]);
+      logs += static_cast<double>(bce_dice_log_term<scalar_t>(s + i * kStatistics, smooth));
+    }
+    const double value = bce / std::max(count, 1.0) - dice_weight * (logs / static_cast<double>(terms));
+    loss.fill_(static_cast<scalar_t>(value));
+  });
+  return loss;
+}
+
+at::Tensor bce_dice_loss_from_statistics_backward_cpu(const at::Tensor& grad, const at::Tensor& statistics_,
+                                                      double dice_weight, double smooth) {
+  check_dice_loss_arguments("_bce_dice_loss_from_statistics_backward", statistics_, std::nullopt);
+  TORCH_CHECK(grad.numel() == 1, "_bce_dice_loss_from_statistics_backward: grad must be a scalar, got ",
+              grad.sizes());
+  const at::Tensor statistics = statistics_.contiguous();
+  at::Tensor grad_statistics = at::empty_like(statistics);
+  AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "bce_dice_loss_from_statistics_backward_cpu", [&] {
+    const scalar_t* s = statistics.const_data_ptr<scalar_t>();
+    scalar_t* g = grad_statistics.data_ptr<scalar_t>();
+    const int64_t terms = statistics.size(0) * statistics.size(1);
+    const double grad_loss = grad.item<double>();
+    double bce = 0, count = 0;
+    for (int64_t i = 0; i < terms; ++i) {
+      bce += static_cast<double>(s[i * kStatistics + kBceSum]);
+      count += static_cast<double>(s[i * kStatistics + kValidCount]);
+    }
+    // d(B / max(N, 1)): 1/max(N, 1) for each BCE sum, −B/N² for each count (where N ≥ 1).
+    const auto grad_bce = static_cast<scalar_t>(grad_loss / std::max(count, 1.0));
+    const auto grad_count = static_cast<scalar_t>(count >= 1.0 ? -grad_loss * bce / (count * count) : 0.0);
+    const auto grad_log = static_cast<scalar_t>(-grad_loss * dice_weight / static_cast<double>(terms));
+    for (int64_t i = 0; i < terms; ++i) {
+      scalar_t* gi = g + i * kStatistics;
+      bce_dice_log_term_gradient<scalar_t>(s + i * kStatistics, smooth, grad_log, gi);
+      gi[kBceSum] = grad_bce;
+      gi[kValidCount] = grad_count;
+    }
+  });
+  return grad_statistics;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastops, CPU, m) {
@@ -623,6 +673,8 @@ TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("_soft_dice_statistics_backward", &soft_dice_statistics_backward_cpu);
   m.impl("_soft_dice_loss_from_statistics", &soft_dice_loss_from_statistics_cpu);
   m.impl("_soft_dice_loss_from_statistics_backward", &soft_dice_loss_from_statistics_backward_cpu);
+  m.impl("_bce_dice_loss_from_statistics", &bce_dice_loss_from_statistics_cpu);
+  m.impl("_bce_dice_loss_from_statistics_backward", &bce_dice_loss_from_statistics_backward_cpu);
 }
 
 }  // namespace fastops

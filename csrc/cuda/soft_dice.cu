@@ -624,6 +624,81 @@ at::Tensor soft_dice_loss_from_statistics_backward_cuda(const at::Tensor& grad_,
   return grad_statistics;
 }
 
+// BCE − ln(Dice): the log terms by a kernel, the BCE and count totals by
+// at::sum (deterministic), read on the device by the backward kernel.
+template <typename scalar_t>
+__global__ void bce_dice_log_terms_kernel(const scalar_t* __restrict__ statistics, int64_t terms, scalar_t smooth,
+                                          scalar_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < terms; i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = bce_dice_log_term<scalar_t>(statistics + i * kStatistics, smooth);
+  }
+}
+
+template <typename scalar_t>
+__global__ void bce_dice_gradient_kernel(const scalar_t* __restrict__ grad, const double* __restrict__ totals,
+                                         const scalar_t* __restrict__ statistics, int64_t terms, double dice_weight,
+                                         scalar_t smooth, scalar_t* __restrict__ grad_statistics) {
+  const double grad_loss = static_cast<double>(grad[0]);
+  const double bce = totals[0], count = totals[1];
+  const auto grad_bce = static_cast<scalar_t>(grad_loss / (count < 1.0 ? 1.0 : count));
+  const auto grad_count = static_cast<scalar_t>(count >= 1.0 ? -grad_loss * bce / (count * count) : 0.0);
+  const auto grad_log = static_cast<scalar_t>(-grad_loss * dice_weight / static_cast<double>(terms));
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < terms; i += int64_t{gridDim.x} * blockDim.x) {
+    scalar_t* g = grad_statistics + i * kStatistics;
+    bce_dice_log_term_gradient<scalar_t>(statistics + i * kStatistics, smooth, grad_log, g);
+    g[kBceSum] = grad_bce;
+    g[kValidCount] = grad_count;
+  }
+}
+
+// [Σ bce, Σ #valid] over every (unit, class), in double, on the device.
+at::Tensor bce_dice_totals(const at::Tensor& statistics) {
+  return at::stack({statistics.select(2, kBceSum).sum(at::kDouble), statistics.select(2, kValidCount).sum(at::kDouble)});
+}
+
+at::Tensor bce_dice_loss_from_statistics_cuda(const at::Tensor& statistics_, double dice_weight, double smooth) {
+  const c10::cuda::CUDAGuard device_guard(statistics_.device());
+  check_dice_loss_arguments("_bce_dice_loss_from_statistics", statistics_, std::nullopt);
+  const at::Tensor statistics = statistics_.contiguous();
+  const int64_t terms = statistics.size(0) * statistics.size(1);
+  at::Tensor logs = at::empty({terms}, statistics.options());
+  if (terms > 0) {
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "bce_dice_loss_from_statistics_cuda", [&] {
+      bce_dice_log_terms_kernel<scalar_t><<<cuda::grid_blocks(terms), kThreadsPerBlock, 0, stream>>>(
+          statistics.const_data_ptr<scalar_t>(), terms, static_cast<scalar_t>(smooth), logs.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const at::Tensor totals = bce_dice_totals(statistics);
+  const at::Tensor bce = totals[0] / totals[1].clamp_min(1.0);
+  return (bce - logs.sum(at::kDouble) * (dice_weight / static_cast<double>(terms))).to(statistics.scalar_type());
+}
+
+at::Tensor bce_dice_loss_from_statistics_backward_cuda(const at::Tensor& grad_, const at::Tensor& statistics_,
+                                                       double dice_weight, double smooth) {
+  const c10::cuda::CUDAGuard device_guard(statistics_.device());
+  check_dice_loss_arguments("_bce_dice_loss_from_statistics_backward", statistics_, std::nullopt);
+  TORCH_CHECK(grad_.numel() == 1 && grad_.device() == statistics_.device(),
+              "_bce_dice_loss_from_statistics_backward: grad must be a scalar on the device of statistics, got ",
+              grad_.sizes(), " on ", grad_.device());
+  const at::Tensor statistics = statistics_.contiguous();
+  const at::Tensor grad = grad_.to(statistics.scalar_type()).contiguous();
+  at::Tensor grad_statistics = at::empty_like(statistics);
+  const int64_t terms = statistics.size(0) * statistics.size(1);
+  if (terms > 0) {
+    const at::Tensor totals = bce_dice_totals(statistics);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "bce_dice_loss_from_statistics_backward_cuda", [&] {
+      bce_dice_gradient_kernel<scalar_t><<<cuda::grid_blocks(terms), kThreadsPerBlock, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), totals.const_data_ptr<double>(), statistics.const_data_ptr<scalar_t>(),
+          terms, dice_weight, static_cast<scalar_t>(smooth), grad_statistics.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return grad_statistics;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
@@ -631,6 +706,8 @@ TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
   m.impl("_soft_dice_statistics_backward", &soft_dice_statistics_backward_cuda);
   m.impl("_soft_dice_loss_from_statistics", &soft_dice_loss_from_statistics_cuda);
   m.impl("_soft_dice_loss_from_statistics_backward", &soft_dice_loss_from_statistics_backward_cuda);
+  m.impl("_bce_dice_loss_from_statistics", &bce_dice_loss_from_statistics_cuda);
+  m.impl("_bce_dice_loss_from_statistics_backward", &bce_dice_loss_from_statistics_backward_cuda);
 }
 
 }  // namespace fastops

@@ -19,6 +19,8 @@
 //   soft-Dice loss in one op (as tensor ops its ~13 autograd nodes cost more than the kernels
 //   at batch 2 on a CPU); coefficient 1 when none are given.
 // _soft_dice_loss_from_statistics_backward(grad, statistics, ...) -> grad_statistics [U, C, 6]
+// _bce_dice_loss_from_statistics(statistics [U, C, 6], dice_weight, smooth) -> scalar
+//   BCE − dice_weight·mean ln(Dice) (soft_dice_math.h), likewise in one op; and its _backward.
 //
 // The other losses are formed from these in Python (fastops/losses/), on
 // tensors of [units, classes] size; the kernels are the only per-element work.
@@ -142,6 +144,10 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def(
       "_soft_dice_loss_from_statistics_backward(Tensor grad, Tensor statistics, Tensor? class_coefficients, "
       "float scale, float smooth, float eps, bool log_loss) -> Tensor");
+  m.def("_bce_dice_loss_from_statistics(Tensor statistics, float dice_weight, float smooth) -> Tensor");
+  m.def(
+      "_bce_dice_loss_from_statistics_backward(Tensor grad, Tensor statistics, float dice_weight, float smooth) "
+      "-> Tensor");
   m.def(
       "lovasz_segments(Tensor input, Tensor labels, int kind, int? ignore_index, bool per_image, "
       "int foreground_class) -> (Tensor, Tensor, Tensor, Tensor)");

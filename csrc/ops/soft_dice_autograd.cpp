@@ -1,4 +1,5 @@
-// Autograd of soft_dice_statistics and _soft_dice_loss_from_statistics, in C++.
+// Autograd of soft_dice_statistics and of the ops forming the soft-Dice and
+// BCE − ln(Dice) losses from its output, in C++.
 //
 // Registered from Python (torch.library.register_autograd) the same formula
 // cost ~150 us of Python per forward+backward on a 2-core CPU, a tenth of the
@@ -7,7 +8,8 @@
 // keeps the Python registration (fastops/_registrations/segmentation_losses.py).
 //
 //   soft_dice_statistics: grad_input = _soft_dice_statistics_backward(grad, input, target, ...)
-//   _soft_dice_loss_from_statistics: grad_statistics = its _backward op (closed form, soft_dice_math.h)
+//   _soft_dice_loss_from_statistics, _bce_dice_loss_from_statistics:
+//     grad_statistics = their _backward ops (closed forms, soft_dice_math.h)
 //   (first-order: the backward ops have no derivative; targets and coefficients get none)
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -116,6 +118,43 @@ at::Tensor soft_dice_loss_from_statistics_autograd(const at::Tensor& statistics,
   return SoftDiceLossFunction::apply(statistics, class_coefficients, scale, smooth, eps, log_loss);
 }
 
+at::Tensor bce_dice_call(const at::Tensor& statistics, double dice_weight, double smooth) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastops::_bce_dice_loss_from_statistics", "")
+                             .typed<at::Tensor(const at::Tensor&, double, double)>();
+  return op.call(statistics, dice_weight, smooth);
+}
+
+at::Tensor bce_dice_backward_call(const at::Tensor& grad, const at::Tensor& statistics, double dice_weight,
+                                  double smooth) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastops::_bce_dice_loss_from_statistics_backward", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double)>();
+  return op.call(grad, statistics, dice_weight, smooth);
+}
+
+class BceDiceLossFunction : public torch::autograd::Function<BceDiceLossFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& statistics, double dice_weight, double smooth) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({statistics});
+    ctx->saved_data["dice_weight"] = dice_weight;
+    ctx->saved_data["smooth"] = smooth;
+    return bce_dice_call(statistics, dice_weight, smooth);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor statistics = ctx->get_saved_variables()[0];
+    return {bce_dice_backward_call(grads[0], statistics, ctx->saved_data["dice_weight"].toDouble(),
+                                   ctx->saved_data["smooth"].toDouble()),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor bce_dice_loss_from_statistics_autograd(const at::Tensor& statistics, double dice_weight, double smooth) {
+  return BceDiceLossFunction::apply(statistics, dice_weight, smooth);
+}
+
 at::Tensor soft_dice_statistics_autograd(const at::Tensor& input, const at::Tensor& target, bool multiclass,
                                          bool from_logits, std::optional<int64_t> ignore_index, bool per_image,
                                          bool with_bce) {
@@ -128,6 +167,7 @@ at::Tensor soft_dice_statistics_autograd(const at::Tensor& input, const at::Tens
 TORCH_LIBRARY_IMPL(fastops, Autograd, m) {
   m.impl("soft_dice_statistics", &soft_dice_statistics_autograd);
   m.impl("_soft_dice_loss_from_statistics", &soft_dice_loss_from_statistics_autograd);
+  m.impl("_bce_dice_loss_from_statistics", &bce_dice_loss_from_statistics_autograd);
 }
 
 }  // namespace fastops

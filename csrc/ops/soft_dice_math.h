@@ -156,4 +156,38 @@ C10_HOST_DEVICE inline void dice_loss_term_gradient(const T* s, T smooth, T eps,
   g[kValidCount] = T(0);
 }
 
+// BCE − ln(Dice) (fastops.losses.bce_dice_loss): the loss is
+//   Σ bce / max(#valid, 1) − dice_weight · mean_{u,c} ln(max(D, 1e-7)),
+//   D = (2Σp·t + smooth)/(Σp + Σt + smooth), D = 1 where that denominator is 0.
+// The BCE part needs the sums over every (unit, class), so the kernels add
+// those up themselves; these are the per-(unit, class) log term and its
+// derivative (written to g[kPredictionSum], g[kTargetSum], g[kProductSum]).
+constexpr double kBceDiceFloor = 1e-7;
+
+template <typename T>
+C10_HOST_DEVICE inline T bce_dice_log_term(const T* s, T smooth) {
+  const T numerator = T(2) * s[kProductSum] + smooth;
+  const T denominator = s[kPredictionSum] + s[kTargetSum] + smooth;
+  const T dice = denominator == T(0) ? T(1) : numerator / denominator;
+  return std::log(dice < T(kBceDiceFloor) ? T(kBceDiceFloor) : dice);
+}
+
+// grad is d loss / d(ln term) (= −dice_weight / terms times the incoming gradient).
+template <typename T>
+C10_HOST_DEVICE inline void bce_dice_log_term_gradient(const T* s, T smooth, T grad, T* g) {
+  const T numerator = T(2) * s[kProductSum] + smooth;
+  const T denominator = s[kPredictionSum] + s[kTargetSum] + smooth;
+  T grad_numerator = T(0), grad_denominator = T(0);
+  if (denominator != T(0)) {
+    const T dice = numerator / denominator;
+    const T grad_dice = dice >= T(kBceDiceFloor) ? grad / dice : T(0);
+    grad_numerator = grad_dice / denominator;
+    grad_denominator = -grad_dice * numerator / (denominator * denominator);
+  }
+  g[kPredictionSum] = grad_denominator;
+  g[kTargetSum] = grad_denominator;
+  g[kProductSum] = T(2) * grad_numerator;
+  g[kAbsoluteDifferenceSum] = T(0);
+}
+
 }  // namespace fastops::soft_dice

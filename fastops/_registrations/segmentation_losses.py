@@ -182,9 +182,27 @@ def _soft_dice_loss_from_statistics_backward_fake(
     return torch.empty_like(statistics, memory_format=torch.contiguous_format)
 
 
+def _bce_dice_loss_from_statistics_fake(statistics, dice_weight, smooth):
+    torch._check(
+        statistics.dim() == 3, lambda: "_bce_dice_loss_from_statistics: statistics must be 3-D"
+    )
+    return statistics.new_empty(())
+
+
+def _bce_dice_loss_from_statistics_backward_fake(grad, statistics, dice_weight, smooth):
+    return torch.empty_like(statistics, memory_format=torch.contiguous_format)
+
+
 def _register_loss_from_statistics() -> None:
-    """The C++-only op that forms the soft-Dice loss from the statistics (any
-    backend's); its autograd is in C++ (csrc/ops/soft_dice_autograd.cpp)."""
+    """The C++-only ops that form the soft-Dice and BCE − ln(Dice) losses from
+    the statistics (any backend's); their autograd is in C++
+    (csrc/ops/soft_dice_autograd.cpp)."""
+    torch.library.register_fake("fastops::_bce_dice_loss_from_statistics")(
+        _bce_dice_loss_from_statistics_fake
+    )
+    torch.library.register_fake("fastops::_bce_dice_loss_from_statistics_backward")(
+        _bce_dice_loss_from_statistics_backward_fake
+    )
     torch.library.register_fake("fastops::_soft_dice_loss_from_statistics")(
         _soft_dice_loss_from_statistics_fake
     )

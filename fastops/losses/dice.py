@@ -226,6 +226,11 @@ def bce_dice_loss(
     if backend == "reference":
         return reference.bce_dice_loss(x, t, dice_weight, smooth, per_image, ignore_index)
     sums = statistics()
+    if _library.extension_loaded():
+        loss = torch.ops.fastops._bce_dice_loss_from_statistics(
+            sums, float(dice_weight), float(smooth)
+        )
+        return loss.to(logits.dtype)
     bce = sums[..., _BCE_SUM].sum() / sums[..., _VALID_COUNT].sum().clamp_min(1)
     numerator = 2 * sums[..., _PRODUCT_SUM] + smooth
     denominator = sums[..., _PREDICTION_SUM] + sums[..., _TARGET_SUM] + smooth
