@@ -8,8 +8,9 @@
 // where p is the prediction after the activation (softmax over classes,
 // sigmoid, or none) and t the target (one-hot of the label in multiclass).
 // Everything a Dice, Jaccard or BCE − ln(Dice) loss needs is a function of
-// these sums, so the losses are formed in Python on a [units, classes, 6]
-// tensor and only this reduction and its backward touch every element.
+// these sums, so only this reduction and its backward touch every element;
+// the soft-Dice and BCE − ln(Dice) losses are then formed from the
+// [units, classes, 6] sums by small ops whose per-term math is below.
 
 #include <c10/macros/Macros.h>
 

@@ -4,7 +4,12 @@ Both are functions of six sums per (unit, class) — Σp, Σt, Σp·t, Σ|p − 
 Σ BCE, #valid — that one fused kernel (``fastops::soft_dice_statistics``)
 computes in a single pass over the predictions and targets, without a one-hot
 tensor and with float32 accumulation for float16/bfloat16; its backward is a
-second single pass. The formulas below act on those [units, classes, 6] sums.
+second single pass. The losses are formed from those [units, classes, 6] sums
+by one more C++ op each (``_soft_dice_loss_from_statistics``,
+``_bce_dice_loss_from_statistics``: value and closed-form backward, autograd in
+C++), because as a dozen tensor ops the formula cost more than the kernels at
+small sizes; the same formulas as tensor ops remain for a build without the
+extension.
 """
 
 from __future__ import annotations
