@@ -140,7 +140,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "",
         f"- torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, fastops commit {meta['commit']}, "
         f"{meta['date']}{' (--quick)' if meta['quick'] else ''}",
-        f"- measured copy bandwidth (read + write): {meta['copy_gbps']:.1f} GB/s; floor = minimal bytes / that",
+        f"- measured copy bandwidth (read + write): {meta['copy_gbps']:.1f} GB/s in the latest run; a row's floor "
+        "= its minimal bytes / the bandwidth measured in the run that timed it",
         f"- timing: {meta['timing']}",
         "",
     ]
@@ -166,7 +167,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         floored = r["fastops_gbps"] is not None
-        floor_ms = r["min_bytes"] / (meta["copy_gbps"] * 1e9) * 1e3
+        copy_gbps = r.get("copy_gbps", meta["copy_gbps"])
+        floor_ms = r["min_bytes"] / (copy_gbps * 1e9) * 1e3
         cells = [
             r["op"],
             r["case"],
@@ -183,7 +185,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         if floored:
             cells += [
                 f"{r['fastops_gbps']:.1f}",
-                f"{100 * r['fastops_gbps'] / meta['copy_gbps']:.0f}%",
+                f"{100 * r['fastops_gbps'] / copy_gbps:.0f}%",
             ]
         else:
             cells += ["", ""]
@@ -254,6 +256,7 @@ def merge_into_existing(
         return rows, meta
     for r in kept:
         r.setdefault("commit", old["meta"]["commit"])
+        r.setdefault("copy_gbps", old["meta"]["copy_gbps"])
     order = {family: i for i, family in enumerate(FAMILIES)}
     merged = sorted(kept + rows, key=lambda r: order.get(r["family"], len(order)))
     families_by_commit: dict[str, list[str]] = {}
@@ -317,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for row in rows:
             row["commit"] = meta["commit"]
+            row["copy_gbps"] = meta["copy_gbps"]
         stem = slug(name) + ("-quick" if args.quick else "")
         if args.op:
             rows, meta = merge_into_existing(args.out / f"{stem}.json", rows, meta, args.op)

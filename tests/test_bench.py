@@ -39,3 +39,39 @@ def test_bench_quick_writes_results(tmp_path, capsys):
     assert result.with_suffix(".md").read_text().count("| max_pool2d_with_offsets |") == len(rows)
     assert list(tmp_path.glob("*-quick-unpooling.png"))
     assert "max_pool2d_with_offsets" in capsys.readouterr().out
+
+
+def test_merged_rows_keep_the_bandwidth_of_their_own_run(tmp_path):
+    """With --op the other operators' rows are kept; their floor and % of copy use the
+    copy bandwidth measured in the run that timed them, not the latest run's."""
+    from bench.__main__ import markdown, merge_into_existing
+
+    def row(op, gbps=None):
+        r = {
+            "op": op,
+            "family": op,
+            "case": "c",
+            "shape": "s",
+            "dtype": "float32",
+            "direction": "forward",
+            "variant": "",
+            "min_bytes": 1e6,
+            "reference_ms": 1.0,
+            "fastops_ms": {"cpu": 0.5},
+            "speedup": 2.0,
+            "fastops_gbps": 2.0,
+        }
+        return r | ({"copy_gbps": gbps, "commit": "new"} if gbps else {})
+
+    path = tmp_path / "results.json"
+    meta = {"commit": "old", "copy_gbps": 10.0}
+    path.write_text(json.dumps({"meta": meta, "rows": [row("kept")]}))
+    new_meta = {"commit": "new", "copy_gbps": 20.0, "device": "d", "torch": "t", "triton": "t"}
+    rows, merged_meta = merge_into_existing(path, [row("rerun", 20.0)], new_meta, ["rerun"])
+    assert {r["op"]: r["copy_gbps"] for r in rows} == {"kept": 10.0, "rerun": 20.0}
+    merged_meta |= {"cuda": None, "date": "now", "quick": False, "timing": "t"}
+    table = markdown(merged_meta, rows)
+    kept_line = next(line for line in table.splitlines() if line.startswith("| kept |"))
+    rerun_line = next(line for line in table.splitlines() if line.startswith("| rerun |"))
+    assert "| 0.100 |" in kept_line and "| 20% |" in kept_line  # 1 MB at 10 GB/s; 2 of 10 GB/s
+    assert "| 0.050 |" in rerun_line and "| 10% |" in rerun_line
