@@ -33,3 +33,26 @@ inline bool cpu_has_avx2_fma() {
 }
 }  // namespace fastops
 #endif
+
+// run_fastest<Kernel>(args...) calls Kernel::template run<kFused>(args...)
+// compiled for AVX2 with FMA (kFused = true) where the CPU has both, and
+// multiversioned (kFused = false) elsewhere. Kernel::run must be
+// C10_ALWAYS_INLINE, so that each of the two compiles its own copy.
+namespace fastops {
+template <typename Kernel, typename... Args>
+FASTOPS_CPU_AVX2_FMA void run_with_fma(const Args&... args) {
+  Kernel::template run<FASTOPS_HAVE_CPU_AVX2_FMA != 0>(args...);
+}
+template <typename Kernel, typename... Args>
+FASTOPS_CPU_MULTIVERSION void run_without_fma(const Args&... args) {
+  Kernel::template run<false>(args...);
+}
+template <typename Kernel, typename... Args>
+void run_fastest(const Args&... args) {
+  if (cpu_has_avx2_fma()) {
+    run_with_fma<Kernel>(args...);
+  } else {
+    run_without_fma<Kernel>(args...);
+  }
+}
+}  // namespace fastops

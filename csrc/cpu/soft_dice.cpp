@@ -198,29 +198,15 @@ C10_ALWAYS_INLINE void multiclass_chunk_statistics_body(const SoftDiceProblem& p
   }
 }
 
-// The multiclass chunk functions, compiled with FMA where the CPU has it
-// (the softmax's exp is mostly multiply-adds) and multiversioned otherwise.
+// The chunk kernels for run_fastest (common/cpu_multiversion.h): compiled
+// with FMA where the CPU has it (the exp and log1p are mostly multiply-adds).
 template <typename scalar_t>
-FASTOPS_CPU_AVX2_FMA void multiclass_chunk_statistics_fma(const SoftDiceProblem& p, const scalar_t* input,
-                                                          const int64_t* labels, const Chunk& chunk,
-                                                          at::opmath_type<scalar_t>* sums) {
-  multiclass_chunk_statistics_body<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, input, labels, chunk, sums);
-}
-template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multiclass_chunk_statistics_plain(const SoftDiceProblem& p, const scalar_t* input,
-                                                                const int64_t* labels, const Chunk& chunk,
-                                                                at::opmath_type<scalar_t>* sums) {
-  multiclass_chunk_statistics_body<scalar_t, false>(p, input, labels, chunk, sums);
-}
-template <typename scalar_t>
-void multiclass_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input, const int64_t* labels,
-                                 const Chunk& chunk, at::opmath_type<scalar_t>* sums) {
-  if (cpu_has_avx2_fma()) {
-    multiclass_chunk_statistics_fma(p, input, labels, chunk, sums);
-  } else {
-    multiclass_chunk_statistics_plain(p, input, labels, chunk, sums);
+struct MulticlassStatistics {
+  template <bool kFused, typename... Args>
+  C10_ALWAYS_INLINE static void run(const Args&... args) {
+    multiclass_chunk_statistics_body<scalar_t, kFused>(args...);
   }
-}
+};
 
 // A multilabel tile: logits (or probabilities) x and targets t of one class
 // row in the accumulation type, zeros past `count`, and the valid mask (1 or
@@ -323,26 +309,12 @@ C10_ALWAYS_INLINE void multilabel_chunk_statistics_variant(const SoftDiceProblem
 }
 
 template <typename scalar_t>
-FASTOPS_CPU_AVX2_FMA void multilabel_chunk_statistics_fma(const SoftDiceProblem& p, const scalar_t* input,
-                                                          const scalar_t* target, const Chunk& chunk,
-                                                          at::opmath_type<scalar_t>* sums) {
-  multilabel_chunk_statistics_variant<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, input, target, chunk, sums);
-}
-template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multilabel_chunk_statistics_plain(const SoftDiceProblem& p, const scalar_t* input,
-                                                                const scalar_t* target, const Chunk& chunk,
-                                                                at::opmath_type<scalar_t>* sums) {
-  multilabel_chunk_statistics_variant<scalar_t, false>(p, input, target, chunk, sums);
-}
-template <typename scalar_t>
-void multilabel_chunk_statistics(const SoftDiceProblem& p, const scalar_t* input, const scalar_t* target,
-                                 const Chunk& chunk, at::opmath_type<scalar_t>* sums) {
-  if (cpu_has_avx2_fma()) {
-    multilabel_chunk_statistics_fma(p, input, target, chunk, sums);
-  } else {
-    multilabel_chunk_statistics_plain(p, input, target, chunk, sums);
+struct MultilabelStatistics {
+  template <bool kFused, typename... Args>
+  C10_ALWAYS_INLINE static void run(const Args&... args) {
+    multilabel_chunk_statistics_variant<scalar_t, kFused>(args...);
   }
-}
+};
 
 at::Tensor soft_dice_statistics_cpu(const at::Tensor& input_, const at::Tensor& target_, bool multiclass,
                                    bool from_logits, std::optional<int64_t> ignore_index, bool per_image,
@@ -367,9 +339,9 @@ at::Tensor soft_dice_statistics_cpu(const at::Tensor& input_, const at::Tensor& 
       for (int64_t i = begin; i < end; ++i) {
         acc_t* sums = partial.data() + i * width;
         if (p.multiclass) {
-          multiclass_chunk_statistics(p, x, target.const_data_ptr<int64_t>(), chunks[i], sums);
+          run_fastest<MulticlassStatistics<scalar_t>>(p, x, target.const_data_ptr<int64_t>(), chunks[i], sums);
         } else {
-          multilabel_chunk_statistics(p, x, target.const_data_ptr<scalar_t>(), chunks[i], sums);
+          run_fastest<MultilabelStatistics<scalar_t>>(p, x, target.const_data_ptr<scalar_t>(), chunks[i], sums);
         }
       }
     });
@@ -436,28 +408,12 @@ C10_ALWAYS_INLINE void multiclass_chunk_backward_body(const SoftDiceProblem& p,
 }
 
 template <typename scalar_t>
-FASTOPS_CPU_AVX2_FMA void multiclass_chunk_backward_fma(const SoftDiceProblem& p,
-                                                        const at::opmath_type<scalar_t>* grad, const scalar_t* input,
-                                                        const int64_t* labels, const Chunk& chunk,
-                                                        scalar_t* grad_input) {
-  multiclass_chunk_backward_body<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, grad, input, labels, chunk, grad_input);
-}
-template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multiclass_chunk_backward_plain(const SoftDiceProblem& p,
-                                                              const at::opmath_type<scalar_t>* grad,
-                                                              const scalar_t* input, const int64_t* labels,
-                                                              const Chunk& chunk, scalar_t* grad_input) {
-  multiclass_chunk_backward_body<scalar_t, false>(p, grad, input, labels, chunk, grad_input);
-}
-template <typename scalar_t>
-void multiclass_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad, const scalar_t* input,
-                               const int64_t* labels, const Chunk& chunk, scalar_t* grad_input) {
-  if (cpu_has_avx2_fma()) {
-    multiclass_chunk_backward_fma(p, grad, input, labels, chunk, grad_input);
-  } else {
-    multiclass_chunk_backward_plain(p, grad, input, labels, chunk, grad_input);
+struct MulticlassBackward {
+  template <bool kFused, typename... Args>
+  C10_ALWAYS_INLINE static void run(const Args&... args) {
+    multiclass_chunk_backward_body<scalar_t, kFused>(args...);
   }
-}
+};
 
 template <typename scalar_t, bool kFused, bool kFromLogits>
 C10_ALWAYS_INLINE void multilabel_chunk_backward_body(const SoftDiceProblem& p,
@@ -508,29 +464,12 @@ C10_ALWAYS_INLINE void multilabel_chunk_backward_variant(const SoftDiceProblem& 
 }
 
 template <typename scalar_t>
-FASTOPS_CPU_AVX2_FMA void multilabel_chunk_backward_fma(const SoftDiceProblem& p,
-                                                        const at::opmath_type<scalar_t>* grad, const scalar_t* input,
-                                                        const scalar_t* target, const Chunk& chunk,
-                                                        scalar_t* grad_input) {
-  multilabel_chunk_backward_variant<scalar_t, FASTOPS_HAVE_CPU_AVX2_FMA != 0>(p, grad, input, target, chunk,
-                                                                              grad_input);
-}
-template <typename scalar_t>
-FASTOPS_CPU_MULTIVERSION void multilabel_chunk_backward_plain(const SoftDiceProblem& p,
-                                                              const at::opmath_type<scalar_t>* grad,
-                                                              const scalar_t* input, const scalar_t* target,
-                                                              const Chunk& chunk, scalar_t* grad_input) {
-  multilabel_chunk_backward_variant<scalar_t, false>(p, grad, input, target, chunk, grad_input);
-}
-template <typename scalar_t>
-void multilabel_chunk_backward(const SoftDiceProblem& p, const at::opmath_type<scalar_t>* grad, const scalar_t* input,
-                               const scalar_t* target, const Chunk& chunk, scalar_t* grad_input) {
-  if (cpu_has_avx2_fma()) {
-    multilabel_chunk_backward_fma(p, grad, input, target, chunk, grad_input);
-  } else {
-    multilabel_chunk_backward_plain(p, grad, input, target, chunk, grad_input);
+struct MultilabelBackward {
+  template <bool kFused, typename... Args>
+  C10_ALWAYS_INLINE static void run(const Args&... args) {
+    multilabel_chunk_backward_variant<scalar_t, kFused>(args...);
   }
-}
+};
 
 at::Tensor soft_dice_statistics_backward_cpu(const at::Tensor& grad_statistics, const at::Tensor& input_,
                                             const at::Tensor& target_, bool multiclass, bool from_logits,
@@ -559,9 +498,9 @@ at::Tensor soft_dice_statistics_backward_cpu(const at::Tensor& grad_statistics, 
         at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
             if (p.multiclass) {
-              multiclass_chunk_backward(p, g, x, target.const_data_ptr<int64_t>(), chunks[i], out);
+              run_fastest<MulticlassBackward<scalar_t>>(p, g, x, target.const_data_ptr<int64_t>(), chunks[i], out);
             } else {
-              multilabel_chunk_backward(p, g, x, target.const_data_ptr<scalar_t>(), chunks[i], out);
+              run_fastest<MultilabelBackward<scalar_t>>(p, g, x, target.const_data_ptr<scalar_t>(), chunks[i], out);
             }
           }
         });
@@ -598,15 +537,15 @@ at::Tensor soft_dice_loss_from_statistics_backward_cpu(const at::Tensor& grad, c
                                                        double scale, double smooth, double eps, bool log_loss) {
   const at::Tensor coefficients =
       check_dice_loss_arguments("_soft_dice_loss_from_statistics_backward", statistics_, class_coefficients);
-  TORCH_CHECK(grad.numel() == 1, "_soft_dice_loss_from_statistics_backward: grad must be a scalar, got ",
-              grad.sizes());
+  const double grad_loss =
+      check_dice_loss_gradient("_soft_dice_loss_from_statistics_backward", grad, statistics_).item<double>();
   const at::Tensor statistics = statistics_.contiguous();
   at::Tensor grad_statistics = at::empty_like(statistics);
   AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "soft_dice_loss_from_statistics_backward_cpu", [&] {
     const scalar_t* s = statistics.const_data_ptr<scalar_t>();
     const scalar_t* w = coefficients.defined() ? coefficients.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* g = grad_statistics.data_ptr<scalar_t>();
-    const scalar_t grad_scaled = static_cast<scalar_t>(grad.item<double>() * scale);
+    const scalar_t grad_scaled = static_cast<scalar_t>(grad_loss * scale);
     const int64_t terms = statistics.size(0) * statistics.size(1), classes = statistics.size(1);
     for (int64_t i = 0; i < terms; ++i) {
       const scalar_t grad_term = w != nullptr ? grad_scaled * w[i % classes] : grad_scaled;
@@ -638,15 +577,14 @@ at::Tensor bce_dice_loss_from_statistics_cpu(const at::Tensor& statistics_, doub
 at::Tensor bce_dice_loss_from_statistics_backward_cpu(const at::Tensor& grad, const at::Tensor& statistics_,
                                                       double dice_weight, double smooth) {
   check_dice_loss_arguments("_bce_dice_loss_from_statistics_backward", statistics_, std::nullopt);
-  TORCH_CHECK(grad.numel() == 1, "_bce_dice_loss_from_statistics_backward: grad must be a scalar, got ",
-              grad.sizes());
+  const double grad_loss =
+      check_dice_loss_gradient("_bce_dice_loss_from_statistics_backward", grad, statistics_).item<double>();
   const at::Tensor statistics = statistics_.contiguous();
   at::Tensor grad_statistics = at::empty_like(statistics);
   AT_DISPATCH_FLOATING_TYPES(statistics.scalar_type(), "bce_dice_loss_from_statistics_backward_cpu", [&] {
     const scalar_t* s = statistics.const_data_ptr<scalar_t>();
     scalar_t* g = grad_statistics.data_ptr<scalar_t>();
     const int64_t terms = statistics.size(0) * statistics.size(1);
-    const double grad_loss = grad.item<double>();
     double bce = 0, count = 0;
     for (int64_t i = 0; i < terms; ++i) {
       bce += static_cast<double>(s[i * kStatistics + kBceSum]);

@@ -603,11 +603,8 @@ at::Tensor soft_dice_loss_from_statistics_backward_cuda(const at::Tensor& grad_,
   const c10::cuda::CUDAGuard device_guard(statistics_.device());
   const at::Tensor coefficients =
       check_dice_loss_arguments("_soft_dice_loss_from_statistics_backward", statistics_, class_coefficients);
-  TORCH_CHECK(grad_.numel() == 1 && grad_.device() == statistics_.device(),
-              "_soft_dice_loss_from_statistics_backward: grad must be a scalar on the device of statistics, got ",
-              grad_.sizes(), " on ", grad_.device());
+  const at::Tensor grad = check_dice_loss_gradient("_soft_dice_loss_from_statistics_backward", grad_, statistics_);
   const at::Tensor statistics = statistics_.contiguous();
-  const at::Tensor grad = grad_.to(statistics.scalar_type()).contiguous();
   at::Tensor grad_statistics = at::empty_like(statistics);
   const int64_t terms = statistics.size(0) * statistics.size(1);
   if (terms > 0) {
@@ -679,11 +676,8 @@ at::Tensor bce_dice_loss_from_statistics_backward_cuda(const at::Tensor& grad_, 
                                                        double dice_weight, double smooth) {
   const c10::cuda::CUDAGuard device_guard(statistics_.device());
   check_dice_loss_arguments("_bce_dice_loss_from_statistics_backward", statistics_, std::nullopt);
-  TORCH_CHECK(grad_.numel() == 1 && grad_.device() == statistics_.device(),
-              "_bce_dice_loss_from_statistics_backward: grad must be a scalar on the device of statistics, got ",
-              grad_.sizes(), " on ", grad_.device());
+  const at::Tensor grad = check_dice_loss_gradient("_bce_dice_loss_from_statistics_backward", grad_, statistics_);
   const at::Tensor statistics = statistics_.contiguous();
-  const at::Tensor grad = grad_.to(statistics.scalar_type()).contiguous();
   at::Tensor grad_statistics = at::empty_like(statistics);
   const int64_t terms = statistics.size(0) * statistics.size(1);
   if (terms > 0) {

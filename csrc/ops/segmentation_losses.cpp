@@ -131,6 +131,12 @@ at::Tensor check_dice_loss_arguments(const char* op, const at::Tensor& statistic
   return coefficients.to(statistics.scalar_type()).contiguous();
 }
 
+at::Tensor check_dice_loss_gradient(const char* op, const at::Tensor& grad, const at::Tensor& statistics) {
+  TORCH_CHECK(grad.numel() == 1 && grad.device() == statistics.device(), op,
+              ": grad must be a scalar on the device of statistics, got ", grad.sizes(), " on ", grad.device());
+  return grad.to(statistics.scalar_type()).reshape({});
+}
+
 TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def(
       "soft_dice_statistics(Tensor input, Tensor target, bool multiclass, bool from_logits, int? ignore_index, "

@@ -39,6 +39,10 @@ at::ScalarType soft_dice_statistics_dtype(const at::Tensor& input);
 at::Tensor check_dice_loss_arguments(const char* op, const at::Tensor& statistics,
                                      const std::optional<at::Tensor>& class_coefficients);
 
+// Checks the incoming gradient of those ops' backward: a scalar on the
+// statistics' device. Returns it in the statistics' dtype.
+at::Tensor check_dice_loss_gradient(const char* op, const at::Tensor& grad, const at::Tensor& statistics);
+
 // lovasz_segments(input [N, C, S], labels int64 [N, S], kind, ...) ->
 //   (losses [U, K], foreground_counts int64 [U, K], valid_counts int64 [U], sorted_entries int32 [N·S·K])
 // with K segment classes per unit: C for the softmax kinds, 1 for the hinge
