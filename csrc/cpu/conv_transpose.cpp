@@ -35,7 +35,6 @@
 #include "common/cpu_multiversion.h"
 #include "ops/conv_transpose.h"
 #include "ops/conv_transpose_math.h"
-#include "ops/pooling_host.h"
 
 namespace fastops {
 namespace {
@@ -386,10 +385,10 @@ void forward_by_columns(const ConvTransposeProblem& p, const at::Tensor& input, 
   });
 }
 
-at::Tensor conv_transpose_in_layout(const at::Tensor& input_arg, const at::Tensor& weight_arg,
-                                    const std::optional<at::Tensor>& bias_arg, at::IntArrayRef stride,
-                                    at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
-                                    at::IntArrayRef dilation, bool relu) {
+at::Tensor conv_transpose_cpu(const at::Tensor& input_arg, const at::Tensor& weight_arg,
+                              const std::optional<at::Tensor>& bias_arg, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
+                              at::IntArrayRef dilation, bool relu) {
   at::Tensor input = input_arg, weight = weight_arg;
   const ConvTransposeProblem p = make_conv_transpose_problem("conv_transpose", input, weight, bias_arg, stride,
                                                              padding, output_padding, groups, dilation);
@@ -512,34 +511,7 @@ at::Tensor conv_transpose_in_layout(const at::Tensor& input_arg, const at::Tenso
   return output;
 }
 
-// An NCHW input runs the channels-last kernels on a channels-last copy, and
-// the results are returned NCHW: on this CPU's benchmark (fce7352) those
-// kernels beat the NCHW ones on 22 of 24 forward rows (up to 3.5x: their GEMM
-// operands and stores are contiguous in the channels) and on every
-// forward+backward row, by more than the layout copies cost (bench/NOTES.md).
-// Returns the channels-last copy of a 4-D NCHW tensor, or an undefined tensor
-// where that does not apply (already channels-last, or ambiguous strides).
-at::Tensor channels_last_copy_of_nchw(const at::Tensor& input) {
-  if (input.dim() != 4 || is_channels_last(pooling_memory_format(input))) {
-    return at::Tensor();
-  }
-  at::Tensor copy = input.contiguous(at::MemoryFormat::ChannelsLast);
-  return is_channels_last(pooling_memory_format(copy)) ? copy : at::Tensor();
-}
-
-at::Tensor conv_transpose_cpu(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                              at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation, bool relu) {
-  const at::Tensor channels_last = channels_last_copy_of_nchw(input);
-  if (channels_last.defined()) {
-    return conv_transpose_in_layout(channels_last, weight, bias, stride, padding, output_padding, groups, dilation,
-                                    relu)
-        .contiguous();
-  }
-  return conv_transpose_in_layout(input, weight, bias, stride, padding, output_padding, groups, dilation, relu);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_in_layout(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
     const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const at::Tensor& weight_arg,
     const std::optional<at::Tensor>& output_arg, at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
     at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
@@ -613,22 +585,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_in_layout
                       .contiguous();
   }
   return {grad_input, grad_weight, grad_bias};
-}
-
-// The backward in the channels-last layout too (see conv_transpose_cpu); the
-// problem set-up brings the gradient (and the saved output) to the input's layout.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const std::optional<at::Tensor>& output, at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
-    at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
-  const at::Tensor channels_last = channels_last_copy_of_nchw(input);
-  if (!channels_last.defined()) {
-    return conv_transpose_backward_in_layout(grad_output, input, weight, output, stride, padding, groups, dilation,
-                                             output_mask);
-  }
-  auto [grad_input, grad_weight, grad_bias] = conv_transpose_backward_in_layout(
-      grad_output, channels_last, weight, output, stride, padding, groups, dilation, output_mask);
-  return {grad_input.contiguous(), grad_weight, grad_bias};
 }
 
 }  // namespace
